@@ -1,0 +1,28 @@
+"""The paper's settings and the released model's sizes.
+
+    python train.py --config configs/default.py --workdir /tmp/s4fusion
+    python train.py --config configs/default.py --config.model.scan_backend=associative ...
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+
+  # The released MambaNet (3,562,957 used parameters; see s4fusion_jax.model.ModelConfig).
+  config.model = ml_collections.ConfigDict(dict(
+      dims=(48, 96, 192),
+      depths=(1, 2, 1),
+      depths_decoder=(1, 2, 1),
+      d_state=12,
+      fusion_d_state=18,
+      fusion_blocks=3,  # CMSA blocks per scale
+      expand=1.5,
+      patch_kernel=4,
+      patch_stride=3,
+      scan_backend="sequential",  # "sequential" | "associative"
+      dtype="float32",  # computation; the scan state is at least float32
+      param_dtype="float32",
+  ))
+  return config

@@ -1,0 +1,51 @@
+"""Linear, convolution and LayerNorm layers initialised as the reference initialises them.
+
+The reference (``VSSM._init_weights``) gives every ``nn.Linear`` a normal(0, 0.02)
+weight (timm's ``trunc_normal_`` with bounds at +-2, i.e. +-100 sigma) and a zero
+bias; ``nn.Conv2d`` keeps PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+weight and bias; every LayerNorm has eps 1e-5 and starts at (1, 0). LayerNorms here
+compute the variance in two passes, as PyTorch does, rather than flax's default
+E[x^2] - E[x]^2, so float32 results stay within 1e-4 of the reference.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LAYER_NORM_EPS = 1e-5
+linear_init = nnx.initializers.normal(stddev=0.02)
+
+
+def fan_in_uniform(fan_in):
+  """PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) initializer."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def linear(in_features, out_features, *, rngs, dtype=None, param_dtype=jnp.float32,
+           use_bias=False):
+  """``nn.Linear`` as the reference uses it: kernel (in, out), bias-free by default."""
+  return nnx.Linear(in_features, out_features, use_bias=use_bias, kernel_init=linear_init,
+                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def conv(in_features, out_features, kernel_size, *, rngs, stride=1, padding="VALID",
+         groups=1, dtype=None, param_dtype=jnp.float32):
+  """``nn.Conv2d`` with bias and PyTorch's default initialisation; kernel (kh, kw, in/groups, out)."""
+  fan_in = (in_features // groups) * kernel_size * kernel_size
+  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
+                  padding=padding, feature_group_count=groups,
+                  kernel_init=fan_in_uniform(fan_in), bias_init=fan_in_uniform(fan_in),
+                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def layer_norm(num_features, *, rngs, dtype=None, param_dtype=jnp.float32):
+  """``nn.LayerNorm(num_features)`` (eps 1e-5, two-pass variance)."""
+  return nnx.LayerNorm(num_features, epsilon=LAYER_NORM_EPS, use_fast_variance=False,
+                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)

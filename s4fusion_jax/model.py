@@ -1,0 +1,194 @@
+"""The S4Fusion U-Net (the reference's ``MambaNet`` / ``VSSM``).
+
+    I_0 = Embed_I(ir), V_0 = Embed_V(vi)                    (k x k patches, stride s)
+    encoder stage s:  I_{s+1} = Merge(VSS^n(I_s)) (no merge at the last stage), same for V
+    fusion:           R_s = FusionLayer_s(I_s, V_s)         (skips are stage inputs)
+    decoder:          X_0 = VSS^n(I_S + V_S)
+                      X_j = VSS^n(Expand(X_{j-1} + R_{S-j})),  j = 1 .. S-1
+    output:           Conv1x1(Fold(Linear(X_{S-1})))
+
+R_0 (the finest-scale fusion) is computed, as in the reference, but never used:
+its parameters exist so checkpoints load, and jit removes the dead computation.
+Images are channels-last (batch, H, W, 1) in [0, 1]; ``fuse`` takes any H x W.
+"""
+
+import dataclasses
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from s4fusion_jax import cmsa
+from s4fusion_jax import patches
+from s4fusion_jax import sizes
+from s4fusion_jax import ss2d
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Every size of the network. Defaults are the released model (3,562,981 parameters)."""
+  dims: Tuple[int, ...] = (48, 96, 192)
+  depths: Tuple[int, ...] = (1, 2, 1)
+  depths_decoder: Tuple[int, ...] = (1, 2, 1)
+  d_state: int = 12
+  fusion_d_state: int = 18
+  fusion_blocks: int = 3
+  expand: float = 1.5
+  patch_kernel: int = 4
+  patch_stride: int = 3
+  scan_backend: str = "sequential"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    object.__setattr__(self, "dims", tuple(self.dims))
+    object.__setattr__(self, "depths", tuple(self.depths))
+    object.__setattr__(self, "depths_decoder", tuple(self.depths_decoder))
+    problems = []
+    if any(b != 2 * a for a, b in zip(self.dims, self.dims[1:])):
+      problems.append(f"dims {self.dims} must double at every stage (patch merging maps C to 2C)")
+    if not len(self.dims) == len(self.depths) == len(self.depths_decoder):
+      problems.append(f"dims {self.dims}, depths {self.depths} and depths_decoder "
+                      f"{self.depths_decoder} must have one entry per stage")
+    if self.dims and (self.dims[0] * self.patch_kernel**2) % 4:
+      problems.append(f"dims[0] = {self.dims[0]} must be a multiple of 4 (the fold head)")
+    if self.fusion_blocks < 1 or self.d_state < 1 or self.fusion_d_state < 1:
+      problems.append("fusion_blocks, d_state and fusion_d_state must be positive")
+    if problems:
+      raise ValueError("invalid S4Fusion config: " + "; ".join(problems))
+
+  @property
+  def levels(self):
+    return len(self.dims)
+
+  def size_rule(self):
+    """(kernel, stride, levels) for the functions of ``sizes``."""
+    return self.patch_kernel, self.patch_stride, self.levels
+
+
+class EncoderStage(nnx.Module):
+  """``depth`` VSS blocks, then (except at the last stage) a 2x patch merge."""
+
+  def __init__(self, dim, depth, d_state, downsample, *, rngs, expand, backend, dtype,
+               param_dtype):
+    self.blocks = nnx.List([
+        ss2d.VSSBlock(dim, d_state, rngs=rngs, expand=expand, backend=backend, dtype=dtype,
+                      param_dtype=param_dtype) for _ in range(depth)])
+    self.merge = patches.PatchMerge(
+        dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype) if downsample else None
+
+  def __call__(self, x):
+    for block in self.blocks:
+      x = block(x)
+    return x if self.merge is None else self.merge(x)
+
+
+class DecoderStage(nnx.Module):
+  """(Except at the first stage) a 2x patch expand, then ``depth`` VSS blocks."""
+
+  def __init__(self, dim, depth, d_state, upsample, *, rngs, expand, backend, dtype,
+               param_dtype):
+    self.expand = patches.PatchExpand(
+        dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype) if upsample else None
+    self.blocks = nnx.List([
+        ss2d.VSSBlock(dim, d_state, rngs=rngs, expand=expand, backend=backend, dtype=dtype,
+                      param_dtype=param_dtype) for _ in range(depth)])
+
+  def __call__(self, x):
+    if self.expand is not None:
+      x = self.expand(x)
+    for block in self.blocks:
+      x = block(x)
+    return x
+
+
+class S4Fusion(nnx.Module):
+  """S4Fusion: two VMamba encoders, CMSA fusion of the skips, one VMamba decoder."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    dtypes = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+    kw = dict(expand=config.expand, backend=config.scan_backend, **dtypes)
+    k, s = config.patch_kernel, config.patch_stride
+    dims, levels = config.dims, config.levels
+    self.embed_ir = patches.PatchEmbed(1, dims[0], kernel=k, stride=s, rngs=rngs, **dtypes)
+    self.embed_vi = patches.PatchEmbed(1, dims[0], kernel=k, stride=s, rngs=rngs, **dtypes)
+    self.encoder_ir, self.encoder_vi = (nnx.List([
+        EncoderStage(dims[i], config.depths[i], config.d_state, i < levels - 1, rngs=rngs, **kw)
+        for i in range(levels)]) for _ in range(2))
+    self.fusion = nnx.List([
+        cmsa.FusionLayer(dims[i], config.fusion_d_state, config.fusion_blocks, rngs=rngs, **kw)
+        for i in range(levels)])
+    self.decoder = nnx.List([
+        DecoderStage(dims[levels - 1 - j], config.depths_decoder[j], config.d_state, j > 0,
+                     rngs=rngs, **kw) for j in range(levels)])
+    self.head = patches.FoldHead(dims[0], 1, kernel=k, stride=s, rngs=rngs, **dtypes)
+
+  def _check_inputs(self, ir, vi):
+    problems = []
+    for name, x in (("ir", ir), ("vi", vi)):
+      if x.ndim != 4 or x.shape[-1] != 1:
+        problems.append(f"{name} has shape {x.shape}; expected (batch, H, W, 1)")
+    if ir.shape != vi.shape:
+      problems.append(f"ir {ir.shape} and vi {vi.shape} differ in shape")
+    if not problems:
+      bad = [n for n in ir.shape[1:3] if not sizes.is_valid_length(n, *self.config.size_rule())]
+      if bad:
+        problems.append(
+            f"H x W = {ir.shape[1]} x {ir.shape[2]} breaks the size rule (side lengths "
+            f"{[sizes.valid_length(n, *self.config.size_rule()) for n in ir.shape[1:3]]} "
+            "would pass); use s4fusion_jax.model.fuse, which pads and crops")
+    if problems:
+      raise ValueError("; ".join(problems))
+
+  def stages(self, ir, vi):
+    """Every intermediate of the forward pass, named as the golden fixtures name them.
+
+    Args:
+      ir, vi: (batch, H, W, 1) in [0, 1], H and W satisfying the size rule.
+
+    Returns:
+      A dict of channels-last arrays: ``patch_embed_{ir,vi}``, ``encoder_{ir,vi}_s``
+      (each stage's output, after its merge), ``fusion_s`` (R_s), ``decoder_j``,
+      ``final_expand`` (before the fold) and ``output`` (batch, H, W, 1).
+    """
+    self._check_inputs(ir, vi)
+    out = {}
+    x_ir, x_vi = self.embed_ir(ir), self.embed_vi(vi)
+    out["patch_embed_ir"], out["patch_embed_vi"] = x_ir, x_vi
+    skips = []
+    for i, (stage_ir, stage_vi) in enumerate(zip(self.encoder_ir, self.encoder_vi)):
+      skips.append((x_ir, x_vi))
+      x_ir, x_vi = stage_ir(x_ir), stage_vi(x_vi)
+      out[f"encoder_ir_{i}"], out[f"encoder_vi_{i}"] = x_ir, x_vi
+    fused = [layer(a, b) for layer, (a, b) in zip(self.fusion, skips)]
+    out.update({f"fusion_{i}": r for i, r in enumerate(fused)})
+    x = x_ir + x_vi
+    for j, stage in enumerate(self.decoder):
+      x = stage(x if j == 0 else x + fused[-j])
+      out[f"decoder_{j}"] = x
+    out["final_expand"] = self.head.expand(x)
+    out["output"] = self.head.unpatch(out["final_expand"])
+    return out
+
+  def __call__(self, ir, vi):
+    """Fuses (batch, H, W, 1) images in [0, 1] satisfying the size rule -> (batch, H, W, 1).
+
+    The output is not clamped (the reference clamps only when saving). Call it under
+    ``nnx.jit`` so the unused finest-scale fusion is compiled away.
+    """
+    return self.stages(ir, vi)["output"]
+
+
+def fuse(model: S4Fusion, ir, vi):
+  """Fuses (batch, H, W, 1) images of any H x W: zero-pad to the size rule, run, crop back."""
+  rule = model.config.size_rule()
+  ir_padded, box = sizes.pad_to_valid(ir, *rule)
+  vi_padded, _ = sizes.pad_to_valid(vi, *rule)
+  return sizes.crop(model(ir_padded, vi_padded), box)
+
+
+def count_params(model: S4Fusion) -> int:
+  """The number of parameter scalars in ``model``."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,45 @@
+"""Shared test fixtures: the golden fixtures of ../shared and small helpers."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("S4FUSION_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts):
+  """A path under ../shared; fails (not skips) the test when it is absent."""
+  path = SHARED.joinpath(*parts)
+  if not path.exists():
+    pytest.fail(f"{path} not found: the tests need ../shared beside the checkout "
+                "(or S4FUSION_SHARED pointing at it)")
+  return path
+
+
+def load_golden(name):
+  with np.load(shared_path("golden", name)) as f:
+    return {k: f[k] for k in f.files}
+
+
+def reference_state_dict(golden):
+  """The ``param/<name>`` entries of a golden S4Fusion fixture, as a state dict."""
+  return {k[len("param/"):]: v for k, v in golden.items() if k.startswith("param/")}
+
+
+def rel_err(ours, ref):
+  """max |ours - ref| / max |ref|."""
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.fixture(scope="session")
+def tiny_golden():
+  return load_golden("golden_s4fusion_tiny_37x49.npz")
+
+
+@pytest.fixture(scope="session")
+def paper_golden():
+  return load_golden("golden_s4fusion_61x73.npz")
