@@ -25,4 +25,13 @@ def get_config():
       dtype="float32",  # computation; the scan state is at least float32
       param_dtype="float32",
   ))
+
+  # The paper's loss: L_per + 15 L_l1 + 15 L_ssim + 15 L_grad (s4fusion_jax.losses).
+  config.loss = ml_collections.ConfigDict(dict(
+      weights=dict(loss_per=1.0, loss_l1=15.0, loss_ssim=15.0, loss_grad=15.0),
+      temperature=20.0,  # c of softmax(info / c); the reference's value is not released
+      perceptual=True,  # L_per, the ResNet50's prediction entropy on the fused image
+      weight_source="resnet50",  # "resnet50" | "image_gradient" | "equal"
+      resnet_weights="",  # a ResNet50 checkpoint dir or .pth/.npz/.safetensors file
+  ))
   return config

@@ -147,5 +147,5 @@ def test_convert_command_reports_bad_files(tmp_path, capsys):
   assert cli.main(["convert-reference", str(tmp_path / "missing.pkl"), str(tmp_path / "b")]) == 2
   assert "not found" in capsys.readouterr().err
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-  with pytest.raises(FileNotFoundError, match="not an S4Fusion checkpoint"):
+  with pytest.raises(FileNotFoundError, match="not an s4fusion_jax checkpoint"):
     checkpoint.load_model(tmp_path)
