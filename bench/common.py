@@ -1,0 +1,80 @@
+"""Shared benchmark helpers: timing after compilation, XLA's cost analysis, peak RSS per case.
+
+Each case runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
+own; the parent prints one markdown table.
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def time_compiled(fn, *args, repeats=3):
+  """(compile seconds, median run seconds) of ``jax.jit``-ed ``fn`` on ``args``."""
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  jax.block_until_ready(compiled(*args))
+  runs = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    runs.append(time.perf_counter() - start)
+  return compile_s, statistics.median(runs), compiled
+
+
+def xla_stats(compiled):
+  """flops, bytes accessed and temporary buffer bytes that XLA reports for a compiled function."""
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, list):
+    cost = cost[0] if cost else {}
+  memory = compiled.memory_analysis()
+  return {
+      "gflops": cost.get("flops", float("nan")) / 1e9,
+      "gbytes_accessed": cost.get("bytes accessed", float("nan")) / 1e9,
+      "temp_gb": getattr(memory, "temp_size_in_bytes", float("nan")) / 1e9,
+  }
+
+
+def peak_rss_gb():
+  """This process's peak resident memory in GB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def run_cases(script, cases, extra_args=()):
+  """Runs ``script --case NAME`` for each case in a fresh process; returns their JSON rows."""
+  rows = []
+  for case in cases:
+    out = subprocess.run([sys.executable, script, "--case", case, *extra_args],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+      rows.append({"case": case, "error": out.stderr.strip().splitlines()[-1:]})
+      continue
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  return rows
+
+
+def print_table(rows, columns):
+  """Prints ``rows`` (dicts) as a markdown table of ``columns`` (key, header, format)."""
+  print("| " + " | ".join(h for _, h, _ in columns) + " |")
+  print("|" + "---|" * len(columns))
+  for row in rows:
+    if "error" in row:
+      print(f"| {row['case']} | failed: {row['error']} |")
+      continue
+    print("| " + " | ".join(fmt.format(row[k]) for k, _, fmt in columns) + " |")
+
+
+def machine():
+  """One line naming the device and the CPU count."""
+  device = jax.devices()[0]
+  return f"{device.platform}: {device.device_kind}, {os.cpu_count()} CPUs"
