@@ -18,18 +18,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-def time_compiled(fn, *args, repeats=3):
-  """(compile seconds, median run seconds) of ``jax.jit``-ed ``fn`` on ``args``."""
+def compile_timed(fn, *args):
+  """(compile seconds, the compiled ``jax.jit(fn)`` for ``args``)."""
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - start
+  return time.perf_counter() - start, compiled
+
+
+def time_run(compiled, *args, repeats=3):
+  """The median seconds of ``repeats`` runs of ``compiled`` after one warm-up run."""
   jax.block_until_ready(compiled(*args))
   runs = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     runs.append(time.perf_counter() - start)
-  return compile_s, statistics.median(runs), compiled
+  return statistics.median(runs)
 
 
 def xla_stats(compiled):

@@ -21,7 +21,8 @@ def get_config():
       expand=1.5,
       patch_kernel=4,
       patch_stride=3,
-      scan_backend="sequential",  # "sequential" | "associative"
+      scan_backend="auto",  # "auto" | "sequential" | "associative" | "chunked"
+      scan_chunk=128,  # steps per chunk of the "chunked" backend
       dtype="float32",  # computation; the scan state is at least float32
       param_dtype="float32",
   ))

@@ -26,8 +26,8 @@ from s4fusion_jax import ss2d
 class CMSABlock(ss2d.GatedScanMixer):
   """One Cross SS2D block: both modalities in one scan of length 2L per direction."""
 
-  def __init__(self, d_model, d_state, *, rngs, expand=1.5, backend="sequential", dtype=None,
-               param_dtype=jnp.float32):
+  def __init__(self, d_model, d_state, *, rngs, expand=1.5, backend="sequential", chunk=None,
+               dtype=None, param_dtype=jnp.float32):
     d_inner = ss2d.inner_width(d_model, expand)
     super().__init__(d_model, d_inner, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.dt_rank, self.d_state = ss2d.default_dt_rank(d_model), d_state
@@ -38,7 +38,7 @@ class CMSABlock(ss2d.GatedScanMixer):
     self.mark_proj = nnx.Param(
         layers.fan_in_uniform(2 * d_inner)(rngs.params(), (2 * d_inner, d_inner), param_dtype))
     self.ssm = ss2d.DirectionalSSM(d_inner, d_state, self.dt_rank, rngs=rngs, backend=backend,
-                                   param_dtype=param_dtype)
+                                   chunk=chunk, param_dtype=param_dtype)
 
   def __call__(self, ir, vi):
     """Two (batch, H, W, C) maps -> their two CMSA outputs, each (batch, H, W, C)."""
@@ -61,10 +61,10 @@ class FusionLayer(nnx.Module):
   """``num_blocks`` CMSA blocks with residuals; returns R = I + V (batch, H, W, C)."""
 
   def __init__(self, d_model, d_state, num_blocks, *, rngs, expand=1.5, backend="sequential",
-               dtype=None, param_dtype=jnp.float32):
+               chunk=None, dtype=None, param_dtype=jnp.float32):
     self.blocks = nnx.List([
-        CMSABlock(d_model, d_state, rngs=rngs, expand=expand, backend=backend, dtype=dtype,
-                  param_dtype=param_dtype) for _ in range(num_blocks)])
+        CMSABlock(d_model, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
+                  dtype=dtype, param_dtype=param_dtype) for _ in range(num_blocks)])
 
   def __call__(self, ir, vi):
     for block in self.blocks:

@@ -37,7 +37,8 @@ class ModelConfig:
   expand: float = 1.5
   patch_kernel: int = 4
   patch_stride: int = 3
-  scan_backend: str = "sequential"
+  scan_backend: str = "auto"
+  scan_chunk: int = 128
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -70,11 +71,11 @@ class ModelConfig:
 class EncoderStage(nnx.Module):
   """``depth`` VSS blocks, then (except at the last stage) a 2x patch merge."""
 
-  def __init__(self, dim, depth, d_state, downsample, *, rngs, expand, backend, dtype,
+  def __init__(self, dim, depth, d_state, downsample, *, rngs, expand, backend, chunk, dtype,
                param_dtype):
     self.blocks = nnx.List([
-        ss2d.VSSBlock(dim, d_state, rngs=rngs, expand=expand, backend=backend, dtype=dtype,
-                      param_dtype=param_dtype) for _ in range(depth)])
+        ss2d.VSSBlock(dim, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
+                      dtype=dtype, param_dtype=param_dtype) for _ in range(depth)])
     self.merge = patches.PatchMerge(
         dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype) if downsample else None
 
@@ -87,13 +88,13 @@ class EncoderStage(nnx.Module):
 class DecoderStage(nnx.Module):
   """(Except at the first stage) a 2x patch expand, then ``depth`` VSS blocks."""
 
-  def __init__(self, dim, depth, d_state, upsample, *, rngs, expand, backend, dtype,
+  def __init__(self, dim, depth, d_state, upsample, *, rngs, expand, backend, chunk, dtype,
                param_dtype):
     self.expand = patches.PatchExpand(
         dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype) if upsample else None
     self.blocks = nnx.List([
-        ss2d.VSSBlock(dim, d_state, rngs=rngs, expand=expand, backend=backend, dtype=dtype,
-                      param_dtype=param_dtype) for _ in range(depth)])
+        ss2d.VSSBlock(dim, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
+                      dtype=dtype, param_dtype=param_dtype) for _ in range(depth)])
 
   def __call__(self, x):
     if self.expand is not None:
@@ -109,7 +110,8 @@ class S4Fusion(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     dtypes = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
-    kw = dict(expand=config.expand, backend=config.scan_backend, **dtypes)
+    kw = dict(expand=config.expand, backend=config.scan_backend, chunk=config.scan_chunk,
+              **dtypes)
     k, s = config.patch_kernel, config.patch_stride
     dims, levels = config.dims, config.levels
     self.embed_ir = patches.PatchEmbed(1, dims[0], kernel=k, stride=s, rngs=rngs, **dtypes)

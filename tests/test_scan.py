@@ -68,10 +68,30 @@ def test_backends_have_the_same_gradients():
     return jnp.sum(jnp.sin(scan.selective_scan(*a, backend=backend)))
 
   grads = [jax.grad(loss, argnums=tuple(range(1, 8)))(b, *args) for b in scan.ScanBackend]
-  for g_seq, g_assoc in zip(*grads):
-    np.testing.assert_allclose(g_seq, g_assoc, rtol=2e-4, atol=2e-4)
+  for other in grads[1:]:
+    for g_seq, g in zip(grads[0], other):
+      np.testing.assert_allclose(g_seq, g, rtol=2e-4, atol=2e-4)
 
 
 def test_unknown_backend_is_rejected():
   with pytest.raises(ValueError, match="nope"):
     scan.selective_scan(*random_inputs(jax.random.key(4)), backend="nope")
+
+
+@pytest.mark.parametrize("inner", [scan.ScanBackend.SEQUENTIAL, scan.ScanBackend.ASSOCIATIVE])
+def test_chunked_carries_the_state_across_padded_chunks(monkeypatch, inner):
+  monkeypatch.setitem(scan.CHUNK_INNER, jax.default_backend(), inner)
+  with jax.enable_x64(True):
+    args = random_inputs(jax.random.key(5), length=37, dtype=jnp.float64)  # 4 chunks of 8 + 5
+    y = scan.selective_scan(*args, backend="chunked", chunk=8)
+    np.testing.assert_allclose(y, numpy_oracle(*args), rtol=1e-11, atol=1e-11)
+    grads = [jax.grad(lambda u, b=b: jnp.sum(jnp.sin(
+        scan.selective_scan(u, *args[1:], backend=b, chunk=8))))(args[0])
+             for b in ("sequential", "chunked")]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-11, atol=1e-11)
+
+
+def test_auto_resolves_per_platform():
+  assert scan.resolve_backend("auto", "cpu") == scan.AUTO_BACKEND["cpu"]
+  assert scan.resolve_backend("auto", "gpu") == scan.AUTO_BACKEND.get("gpu", scan.AUTO_DEFAULT)
+  assert scan.resolve_backend("sequential", "gpu") == scan.ScanBackend.SEQUENTIAL
