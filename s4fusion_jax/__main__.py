@@ -2,9 +2,12 @@
 
     convert-reference IN OUT   a reference S4Fusion checkpoint (.pkl/.pth/.npz) -> orbax dir
     convert-resnet IN OUT      torchvision ResNet50 weights (.pth/.npz/.safetensors) -> orbax dir
+    prepare DATASET DIR        build a TFDS dataset (msrs, roadscene, m3fd, tno, paired_folder)
+                               from the user-downloaded folder DIR
 """
 
 import argparse
+import os
 import sys
 
 
@@ -22,6 +25,15 @@ def _convert_resnet(args):
   print(f"wrote {args.output}: ResNet50 with {net.fc.out_features} classes")
 
 
+def _prepare(args):
+  from s4fusion_jax import datasets  # pylint: disable=import-outside-toplevel
+  dataset_dir, skipped = datasets.prepare(args.dataset, args.manual_dir, args.data_dir,
+                                          skip_bad_pairs=args.skip_bad_pairs, name=args.name)
+  for name, reason in skipped:
+    print(f"skipped {name}: {reason}")
+  print(f"prepared {dataset_dir}")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m s4fusion_jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +48,14 @@ def main(argv=None):
     convert.add_argument("output", help="orbax checkpoint directory to write")
     convert.add_argument("--force", action="store_true", help="replace an existing output")
     convert.set_defaults(run=run)
+  prepare = commands.add_parser("prepare", help="build a TFDS dataset from a downloaded folder")
+  prepare.add_argument("dataset", choices=("msrs", "roadscene", "m3fd", "tno", "paired_folder"))
+  prepare.add_argument("manual_dir", help="the downloaded dataset's folder")
+  prepare.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
+  prepare.add_argument("--name", help="paired_folder only: the dataset's name (default: folder)")
+  prepare.add_argument("--skip_bad_pairs", action="store_true",
+                       help="leave out (and list) pairs that are missing, unreadable or mismatched")
+  prepare.set_defaults(run=_prepare)
   args = parser.parse_args(argv)
   try:
     args.run(args)
