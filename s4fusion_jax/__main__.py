@@ -4,6 +4,9 @@
     convert-resnet IN OUT      torchvision ResNet50 weights (.pth/.npz/.safetensors) -> orbax dir
     prepare DATASET DIR        build a TFDS dataset (msrs, roadscene, m3fd, tno, paired_folder)
                                from the user-downloaded folder DIR
+    fuse                       fuse one pair (--ir --vi --out) or two folders (--ir --vi
+                               --out as folders) with a model (--checkpoint, default the
+                               bundled one) or a baseline (--method average|max)
 """
 
 import argparse
@@ -34,6 +37,26 @@ def _prepare(args):
   print(f"prepared {dataset_dir}")
 
 
+def _fuse(args):
+  from s4fusion_jax import datasets, image_files, inference  # pylint: disable=import-outside-toplevel
+  if os.path.isdir(args.ir) != os.path.isdir(args.vi):
+    raise ValueError("--ir and --vi must both be files or both be folders")
+  if os.path.isdir(args.ir):
+    pairs, _ = datasets.check_pairs(args.ir, args.vi)
+    jobs = [(p.ir_path, p.vi_path, os.path.join(args.out, os.path.splitext(p.name)[0] + ".png"))
+            for p in pairs]
+  else:
+    jobs = [(args.ir, args.vi, args.out)]
+    image_sizes = [image_files.read_ir(args.ir).shape[:2], image_files.read_vi(args.vi).shape[:2]]
+    if image_sizes[0] != image_sizes[1]:
+      raise ValueError(f"{args.ir} is {image_sizes[0]} but {args.vi} is {image_sizes[1]}")
+  fuser = inference.Fuser.from_flags(args.checkpoint, args.method, args.scan_backend)
+  for ir_path, vi_path, out_path in jobs:
+    image_files.write_png(out_path, fuser.fuse(image_files.read_ir(ir_path),
+                                               image_files.read_vi(vi_path)))
+    print(out_path)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m s4fusion_jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +79,14 @@ def main(argv=None):
   prepare.add_argument("--skip_bad_pairs", action="store_true",
                        help="leave out (and list) pairs that are missing, unreadable or mismatched")
   prepare.set_defaults(run=_prepare)
+  fuse = commands.add_parser("fuse", help="fuse a pair or two folders of images")
+  fuse.add_argument("--ir", required=True, help="infrared image, or folder of them")
+  fuse.add_argument("--vi", required=True, help="visible image (grey or RGB), or folder of them")
+  fuse.add_argument("--out", required=True, help="fused PNG, or output folder")
+  fuse.add_argument("--checkpoint", help="S4Fusion checkpoint dir (default: the bundled model)")
+  fuse.add_argument("--method", choices=("average", "max"), help="a baseline instead of a model")
+  fuse.add_argument("--scan_backend", default="auto")
+  fuse.set_defaults(run=_fuse)
   args = parser.parse_args(argv)
   try:
     args.run(args)

@@ -58,16 +58,20 @@ class CMSABlock(ss2d.GatedScanMixer):
 
 
 class FusionLayer(nnx.Module):
-  """``num_blocks`` CMSA blocks with residuals; returns R = I + V (batch, H, W, C)."""
+  """``num_blocks`` CMSA blocks with residuals; returns R = I + V (batch, H, W, C).
+
+  With ``remat`` each block is recomputed in the backward pass.
+  """
 
   def __init__(self, d_model, d_state, num_blocks, *, rngs, expand=1.5, backend="sequential",
-               chunk=None, dtype=None, param_dtype=jnp.float32):
+               chunk=None, remat=False, dtype=None, param_dtype=jnp.float32):
+    self.remat = remat
     self.blocks = nnx.List([
         CMSABlock(d_model, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
                   dtype=dtype, param_dtype=param_dtype) for _ in range(num_blocks)])
 
   def __call__(self, ir, vi):
     for block in self.blocks:
-      d_ir, d_vi = block(ir, vi)
+      d_ir, d_vi = layers.call(block, ir, vi, remat=self.remat)
       ir, vi = ir + d_ir, vi + d_vi
     return ir + vi

@@ -57,7 +57,12 @@ def collect_pairs(root, names=None, skip_bad_pairs=False):
   Raises:
     ValueError listing every bad pair unless ``skip_bad_pairs``.
   """
-  ir_dir, vi_dir = find_modality_dir(root, IR_DIRS), find_modality_dir(root, VI_DIRS)
+  return check_pairs(find_modality_dir(root, IR_DIRS), find_modality_dir(root, VI_DIRS), names,
+                     skip_bad_pairs, where=root)
+
+
+def check_pairs(ir_dir, vi_dir, names=None, skip_bad_pairs=False, where=None):
+  """``collect_pairs`` for an infrared folder and a visible folder given directly."""
   ir_names, vi_names = set(image_files.list_images(ir_dir)), set(image_files.list_images(vi_dir))
   wanted = sorted(ir_names | vi_names) if names is None else list(names)
   pairs, bad = [], []
@@ -78,7 +83,7 @@ def collect_pairs(root, names=None, skip_bad_pairs=False):
       continue
     pairs.append(pair)
   if bad and not skip_bad_pairs:
-    raise ValueError(f"{len(bad)} bad pair(s) under {root}:\n  "
+    raise ValueError(f"{len(bad)} bad pair(s) under {where or (ir_dir, vi_dir)}:\n  "
                      + "\n  ".join(f"{n}: {r}" for n, r in bad)
                      + "\n(fix them, or prepare with skip_bad_pairs to leave them out)")
   return pairs, bad

@@ -49,3 +49,10 @@ def layer_norm(num_features, *, rngs, dtype=None, param_dtype=jnp.float32):
   """``nn.LayerNorm(num_features)`` (eps 1e-5, two-pass variance)."""
   return nnx.LayerNorm(num_features, epsilon=LAYER_NORM_EPS, use_fast_variance=False,
                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def call(module, *args, remat=False):
+  """``module(*args)``; with ``remat``, its activations are recomputed in the backward pass."""
+  if not remat:
+    return module(*args)
+  return nnx.remat(lambda m, *a: m(*a))(module, *args)

@@ -214,3 +214,17 @@ def compute(fused, ir, vi):
         "SSIM": (ssim(f, a) + ssim(f, b)) / 2, "CC": (_corr(a, f) + _corr(b, f)) / 2,
         "PSNR": float(10 * np.log10(np.max(f) ** 2 / mse)), "MSE": float(mse),
     }
+
+
+def evaluator_gray(image):
+  """uint8 (H, W), (H, W, 1) or RGB (H, W, 3) -> float64 (H, W) grey, as the Evaluator reads files.
+
+  OpenCV's float32 BGR -> GRAY (0.114 B + 0.587 G + 0.299 R), then rounded.
+  """
+  image = np.asarray(image)
+  if image.ndim == 2 or image.shape[-1] == 1:
+    return image.reshape(image.shape[:2]).astype(np.float64)
+  rgb = image.astype(np.float32)
+  grey = rgb[..., 2] * np.float32(0.114) + rgb[..., 1] * np.float32(0.587) + rgb[
+      ..., 0] * np.float32(0.299)
+  return np.round(grey).astype(np.float64)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from s4fusion_jax import cmsa
+from s4fusion_jax import layers
 from s4fusion_jax import patches
 from s4fusion_jax import sizes
 from s4fusion_jax import ss2d
@@ -39,6 +40,7 @@ class ModelConfig:
   patch_stride: int = 3
   scan_backend: str = "auto"
   scan_chunk: int = 128
+  remat: bool = True  # recompute each VSS / CMSA block in the backward pass (less memory)
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -71,8 +73,9 @@ class ModelConfig:
 class EncoderStage(nnx.Module):
   """``depth`` VSS blocks, then (except at the last stage) a 2x patch merge."""
 
-  def __init__(self, dim, depth, d_state, downsample, *, rngs, expand, backend, chunk, dtype,
+  def __init__(self, dim, depth, d_state, downsample, *, rngs, expand, backend, chunk, remat, dtype,
                param_dtype):
+    self.remat = remat
     self.blocks = nnx.List([
         ss2d.VSSBlock(dim, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
                       dtype=dtype, param_dtype=param_dtype) for _ in range(depth)])
@@ -81,15 +84,16 @@ class EncoderStage(nnx.Module):
 
   def __call__(self, x):
     for block in self.blocks:
-      x = block(x)
+      x = layers.call(block, x, remat=self.remat)
     return x if self.merge is None else self.merge(x)
 
 
 class DecoderStage(nnx.Module):
   """(Except at the first stage) a 2x patch expand, then ``depth`` VSS blocks."""
 
-  def __init__(self, dim, depth, d_state, upsample, *, rngs, expand, backend, chunk, dtype,
+  def __init__(self, dim, depth, d_state, upsample, *, rngs, expand, backend, chunk, remat, dtype,
                param_dtype):
+    self.remat = remat
     self.expand = patches.PatchExpand(
         dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype) if upsample else None
     self.blocks = nnx.List([
@@ -100,7 +104,7 @@ class DecoderStage(nnx.Module):
     if self.expand is not None:
       x = self.expand(x)
     for block in self.blocks:
-      x = block(x)
+      x = layers.call(block, x, remat=self.remat)
     return x
 
 
@@ -111,7 +115,7 @@ class S4Fusion(nnx.Module):
     self.config = config
     dtypes = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
     kw = dict(expand=config.expand, backend=config.scan_backend, chunk=config.scan_chunk,
-              **dtypes)
+              remat=config.remat, **dtypes)
     k, s = config.patch_kernel, config.patch_stride
     dims, levels = config.dims, config.levels
     self.embed_ir = patches.PatchEmbed(1, dims[0], kernel=k, stride=s, rngs=rngs, **dtypes)

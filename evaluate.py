@@ -1,0 +1,46 @@
+"""Fuses a dataset with S4Fusion (or a baseline) and measures it.
+
+    python evaluate.py --data ../shared/data/tno --out /tmp/tno_eval [--checkpoint DIR]
+    python evaluate.py --data ../shared/data/tno --out /tmp/tno_avg --method average
+
+--data is a folder with ir/ and vi/ (same-named pairs) or a prepared TFDS dataset
+directory (python -m s4fusion_jax prepare ...) read at --split. Without --checkpoint and
+--method the bundled model is used.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from s4fusion_jax import evaluation
+from s4fusion_jax import inference
+
+flags.DEFINE_string("data", None, "a folder with ir/ and vi/, or a prepared TFDS dataset dir",
+                    required=True)
+flags.DEFINE_string("out", None, "output folder", required=True)
+flags.DEFINE_string("split", "test", "the split of a prepared dataset")
+flags.DEFINE_string("checkpoint", None, "an S4Fusion checkpoint directory")
+flags.DEFINE_enum("method", None, list(inference.METHODS), "a baseline instead of a model")
+flags.DEFINE_string("scan_backend", "auto", "selective scan backend")
+flags.DEFINE_integer("samples", 4, "pairs drawn in samples.png")
+flags.DEFINE_bool("progress", True, "show a progress bar")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  try:
+    fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend)
+    mean = evaluation.evaluate(fuser, f.data, f.out, split=f.split, num_samples=f.samples,
+                               progress=f.progress)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(" ".join(f"{k}={v:.4f}" for k, v in mean.items()))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,94 @@
+"""Validation during training and sample grids: fixed pairs fused, measured and drawn.
+
+The validation pairs are the first ``config.eval_pairs`` (by name) of ``config.data.val``,
+centre-cropped to ``config.eval_size`` (one shape, one compilation). Each validation
+writes ``WORKDIR/samples/step_NNNNNN.png`` (rows of IR | VI | fused) and returns the mean
+of the paper's metrics; the best model by ``config.best_metric`` is kept in
+``WORKDIR/best-STEP`` (``WORKDIR/best.json`` names it; older ones are removed after).
+"""
+
+import json
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from s4fusion_jax import checkpoint
+from s4fusion_jax import color
+from s4fusion_jax import datasets
+from s4fusion_jax import image_files
+from s4fusion_jax import metrics
+from s4fusion_jax import model as model_lib
+
+PAPER_METRICS = ("MI", "SF", "AG", "SSIM", "VIF", "Qabf")
+
+
+def to_uint8(x):
+  """[0, 1] floats -> uint8 as torchvision's save_image does: clamp, x255, round."""
+  return np.asarray(jnp.round(jnp.clip(x, 0, 1) * 255)).astype(np.uint8)
+
+
+def grid(rows):
+  """Rows of (ir, vi, fused), each (H, W, 1|3) uint8 of one H, -> one RGB uint8 image."""
+  rgb = lambda x: np.repeat(x, 3, -1) if x.shape[-1] == 1 else x
+  return np.concatenate([np.concatenate([rgb(x) for x in row], axis=1) for row in rows], axis=0)
+
+
+def centre_crop(x, size):
+  height, width = x.shape[:2]
+  top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+  return x[top:top + size, left:left + size]
+
+
+class Validation:
+  """Fuses fixed validation pairs every ``eval_every`` steps; keeps the best model."""
+
+  def __init__(self, config, workdir):
+    self.workdir, self.config = workdir, config
+    entry = config.data.val
+    dataset_dir, _ = datasets.prepare(entry["dataset"], entry["manual_dir"], config.data.data_dir,
+                                      name=entry.get("name"))
+    src = datasets.source(dataset_dir, entry["split"])
+    examples = sorted((src[i] for i in range(len(src))), key=lambda e: e["name"])
+    examples = examples[:config.eval_pairs]
+    self.ir = np.stack([centre_crop(e["ir"], config.eval_size) for e in examples])
+    self.vi_rgb = np.stack([centre_crop(e["vi"], config.eval_size) for e in examples])
+    self.vi = color.rgb_to_y(self.vi_rgb / 255.0).astype(np.float32)
+    self.fuse = nnx.jit(model_lib.fuse)
+    best_path = os.path.join(workdir, "best.json")
+    self.best = json.load(open(best_path)) if os.path.exists(best_path) else None
+
+  def run(self, model, step):
+    """Fuses, writes the grid, measures; returns {"val/<metric>": mean}."""
+    fused = to_uint8(self.fuse(model, jnp.asarray(self.ir / np.float32(255)),
+                               jnp.asarray(self.vi)))
+    vi_y = to_uint8(self.vi)
+    image_files.write_png(os.path.join(self.workdir, "samples", f"step_{step:06d}.png"),
+                          grid(list(zip(self.ir, self.vi_rgb, fused))))
+    scores = [metrics.compute(f[..., 0], a[..., 0], b[..., 0])
+              for f, a, b in zip(fused, self.ir, vi_y)]
+    record = {f"val/{k}": float(np.mean([s[k] for s in scores])) for k in PAPER_METRICS}
+    self._keep_best(model, step, record[f"val/{self.config.best_metric}"])
+    return record
+
+  def _keep_best(self, model, step, value):
+    if self.best is not None and value <= self.best["value"]:
+      return
+    path = os.path.join(self.workdir, f"best-{step}")
+    checkpoint.save_model(path, model, force=True)
+    previous = self.best
+    self.best = {"step": step, "metric": self.config.best_metric, "value": value, "path": path}
+    tmp = os.path.join(self.workdir, ".best.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(self.best, f)
+    os.replace(tmp, os.path.join(self.workdir, "best.json"))
+    if previous is not None and previous["path"] != path:
+      shutil.rmtree(previous["path"], ignore_errors=True)
+
+
+def save_grid(path, rows):
+  """Writes ``grid(rows)`` to ``path`` (PNG, atomically)."""
+  image_files.write_png(path, grid(rows))
+

@@ -1,0 +1,149 @@
+"""evaluate.py end to end on TNO, the fusion command, colour handling and bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from conftest import REPO, shared_path
+from s4fusion_jax import __main__ as cli
+from s4fusion_jax import checkpoint
+from s4fusion_jax import color
+from s4fusion_jax import inference
+from s4fusion_jax import metrics
+from s4fusion_jax import model as model_lib
+
+TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
+                             d_state=4, fusion_d_state=6)
+
+
+def evaluate(*args):
+  return subprocess.run([sys.executable, "evaluate.py", "--progress=false", *args], cwd=REPO,
+                        capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def check_outputs(out, names):
+  assert sorted(os.listdir(out / "fused")) == sorted(os.path.splitext(n)[0] + ".png"
+                                                       for n in names)
+  result = json.loads((out / "metrics.json").read_text())
+  assert set(result["per_image"]) == set(names)
+  assert set(result["mean"]) == set(metrics.NAMES)
+  lines = (out / "metrics.csv").read_text().splitlines()
+  assert lines[0].split(",") == ["name", *metrics.NAMES] and len(lines) == len(names) + 1
+  assert "| EN |" in (out / "metrics.md").read_text()
+  assert Image.open(out / "samples.png").size[1] > 0
+  return result
+
+
+def test_average_baseline_on_all_of_tno(tmp_path):
+  proc = evaluate("--data", str(shared_path("data", "tno")), "--out", str(tmp_path),
+                  "--method", "average")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  names = sorted(os.listdir(shared_path("data", "tno", "ir")))
+  result = check_outputs(tmp_path, names)
+  # The saved average is what metrics were computed on: check one image by hand.
+  ir = np.asarray(Image.open(shared_path("data", "tno", "ir", names[0])).convert("L"), float)
+  vi = np.asarray(Image.open(shared_path("data", "tno", "vi", names[0])).convert("L"), float)
+  fused = np.asarray(Image.open(tmp_path / "fused" / names[0]).convert("L"), float)
+  assert np.abs(fused - (ir + vi) / 2).max() <= 0.5 + 1e-9
+  ours = metrics.compute(fused, metrics.evaluator_gray(
+      np.asarray(Image.open(shared_path("data", "tno", "ir", names[0])).convert("RGB"))),
+                         metrics.evaluator_gray(np.asarray(Image.open(
+                             shared_path("data", "tno", "vi", names[0])).convert("RGB"))))
+  assert ours["Qabf"] == pytest.approx(result["per_image"][names[0]]["Qabf"], rel=1e-12)
+
+
+def test_tiny_random_model_on_tno(tmp_path):
+  model = model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0))
+  checkpoint.save_model(tmp_path / "tiny", model)
+  data = tmp_path / "tno"
+  names = sorted(os.listdir(shared_path("data", "tno", "ir")))[:4]
+  for sub in ("ir", "vi"):
+    os.makedirs(data / sub)
+    for name in names:
+      shutil.copy(shared_path("data", "tno", sub, name), data / sub / name)
+  proc = evaluate("--data", str(data), "--out", str(tmp_path / "out"), "--checkpoint",
+                  str(tmp_path / "tiny"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  check_outputs(tmp_path / "out", names)
+
+
+def test_evaluate_without_a_model_or_method_says_what_to_pass(tmp_path, monkeypatch):
+  monkeypatch.setattr(inference, "BUNDLED_MODEL", str(tmp_path / "none"))
+  with pytest.raises(FileNotFoundError, match="--checkpoint.*--method"):
+    inference.Fuser.from_flags()
+
+
+def test_colour_visible_is_fused_in_y_and_recoloured():
+  rng = np.random.default_rng(0)
+  ir = rng.integers(0, 256, (20, 30, 1), dtype=np.uint8)
+  vi = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+  fused = inference.Fuser(method="average").fuse(ir, vi)
+  assert fused.shape == (20, 30, 3)
+  y, cr, cb = color.rgb_to_ycrcb(vi / 255.0)
+  expected = inference.to_uint8(color.ycrcb_to_rgb(np.clip((ir / 255.0 + y) / 2, 0, 1), cr, cb))
+  np.testing.assert_array_equal(fused, expected)
+  grey = np.repeat(vi[..., :1], 3, -1)
+  assert inference.Fuser(method="max").fuse(ir, grey).shape == (20, 30, 1)
+
+
+def test_model_fuser_pads_any_size_and_matches_fuse():
+  model = model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  ir = rng.integers(0, 256, (33, 47, 1), dtype=np.uint8)
+  vi = np.repeat(rng.integers(0, 256, (33, 47, 1), dtype=np.uint8), 3, -1)
+  fused = inference.Fuser(model=model).fuse(ir, vi)
+  direct = nnx.jit(model_lib.fuse)(model, (ir / 255.0).astype(np.float32)[None],
+                                   (vi[..., :1] / 255.0).astype(np.float32)[None])[0]
+  np.testing.assert_array_equal(fused, inference.to_uint8(direct))
+
+
+def write(path, array):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path)
+
+
+def test_fuse_command_folders_and_errors(tmp_path, capsys):
+  rng = np.random.default_rng(2)
+  for name in ("a.png", "b.png"):
+    write(tmp_path / "ir" / name, rng.integers(0, 256, (24, 32), dtype=np.uint8))
+    write(tmp_path / "vi" / name, rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+  # A 16-bit infrared image is read as round(v / 257).
+  write(tmp_path / "ir" / "c.png", (rng.integers(0, 256, (24, 32)) * 257).astype(np.uint16))
+  write(tmp_path / "vi" / "c.png", rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+  assert cli.main(["fuse", "--ir", str(tmp_path / "ir"), "--vi", str(tmp_path / "vi"),
+                   "--out", str(tmp_path / "out"), "--method", "max"]) == 0
+  assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "b.png", "c.png"]
+
+  write(tmp_path / "ir" / "lonely.png", np.zeros((24, 32), np.uint8))
+  write(tmp_path / "vi" / "small.png", np.zeros((20, 32, 3), np.uint8))
+  write(tmp_path / "ir" / "small.png", np.zeros((24, 32), np.uint8))
+  (tmp_path / "vi" / "broken.png").write_bytes(b"nope")
+  (tmp_path / "ir" / "broken.png").write_bytes(b"nope")
+  capsys.readouterr()
+  assert cli.main(["fuse", "--ir", str(tmp_path / "ir"), "--vi", str(tmp_path / "vi"),
+                   "--out", str(tmp_path / "out2"), "--method", "max"]) == 2
+  err = capsys.readouterr().err
+  assert "3 bad pair(s)" in err and "lonely.png: no visible image" in err
+  assert "small.png: infrared 32x24 but visible 32x20" in err and "broken.png: cannot read" in err
+  assert not (tmp_path / "out2").exists()
+  assert cli.main(["fuse", "--ir", str(tmp_path / "ir" / "a.png"), "--vi",
+                   str(tmp_path / "vi" / "small.png"), "--out", str(tmp_path / "x.png"),
+                   "--method", "max"]) == 2
+  assert not (tmp_path / "x.png").exists()
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_evaluator_gray_follows_opencv():
+  rgb = np.array([[[10, 200, 30], [255, 255, 255]]], np.uint8)
+  expected = np.round(np.float32(30) * np.float32(0.114) + np.float32(200) * np.float32(0.587)
+                      + np.float32(10) * np.float32(0.299))
+  np.testing.assert_array_equal(metrics.evaluator_gray(rgb), [[expected, 255]])
+  np.testing.assert_array_equal(metrics.evaluator_gray(rgb[..., :1]), [[10, 255]])

@@ -1,0 +1,149 @@
+"""The training job: data parallelism, kill-and-resume, learning, schedule, failures."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import REPO
+from configs import smoke
+from s4fusion_jax import checkpoint
+from s4fusion_jax import training
+
+
+# Train runs in subprocesses share XLA's persistent compilation cache: a resumed run or a
+# second run of one config does not compile again.
+CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(
+    os.environ.get("PYTEST_TMPDIR", "/tmp"), f"s4fusion-test-xla-cache-{os.getuid()}"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def subprocess_env(extra=None):
+  return {**os.environ, "PYTHONPATH": str(REPO), **CACHE, **(extra or {})}
+
+
+def run(args, env=None, **kwargs):
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        env=subprocess_env(env), **kwargs)
+
+
+def test_eight_devices_match_one(tmp_path):
+  results = {}
+  for devices in (1, 8):
+    out = tmp_path / f"dp{devices}.npz"
+    proc = run(["tests/dp_step.py", str(out)],
+               env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results[devices] = np.load(out)
+  one, eight = results[1], results[8]
+  assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
+  names = [k for k in one.files if k not in ("devices", "loss")]
+  assert len(names) > 50
+  for name in names:
+    np.testing.assert_allclose(eight[name], one[name], rtol=0, atol=1e-5, err_msg=name)
+  assert not np.array_equal(one[names[0]], smoke_initial_params()[names[0]])  # it trained
+
+
+def smoke_initial_params():
+  config = smoke.get_config()
+  tx, _ = training.make_optimizer(config)
+  _, state = training.create_train_state(config, tx)
+  return {"/".join(map(str, k)): np.asarray(v)
+          for k, v in nnx.traversals.flatten_mapping(state.params).items()}
+
+
+TRAIN_FLAGS = ["--config", "configs/smoke.py", "--config.num_steps=12", "--config.crop_size=37",
+               "--config.batch_size=4", "--config.checkpoint_every=3", "--config.log_every=1",
+               "--config.eval_every=0", "--progress=false"]
+
+
+def final_params(workdir, step):
+  model = checkpoint.load_model(os.path.join(workdir, "checkpoints", str(step)))
+  return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
+  straight = run(["train.py", f"--workdir={tmp_path / 'straight'}", *TRAIN_FLAGS])
+  assert straight.returncode == 0, straight.stderr[-2000:]
+
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, "train.py", f"--workdir={killed}", *TRAIN_FLAGS],
+                          cwd=REPO, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not (killed / "checkpoints" / "6").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert (killed / "checkpoints" / "6").exists(), "the run never reached step 6"
+  assert not (killed / "checkpoints" / "12").exists(), "the run finished before it was killed"
+  resumed = run(["train.py", f"--workdir={killed}", *TRAIN_FLAGS])
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resumed from step" in resumed.stdout
+  for a, b in zip(final_params(tmp_path / "straight", 12), final_params(killed, 12)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_smoke_config_lowers_the_loss(tmp_path):
+  proc = run(["train.py", f"--workdir={tmp_path}", "--config", "configs/smoke.py",
+              "--config.num_steps=40", "--config.eval_every=40", "--config.eval_pairs=1",
+              "--config.eval_size=61", "--progress=false"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  losses = [r["loss"] for r in records if "loss" in r]
+  assert len(losses) == 8
+  assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
+  assert all(math.isfinite(r["grad_norm"]) and r["images_per_s"] > 0 for r in records if "loss" in r)
+  assert any("val/Qabf" in r for r in records)
+  assert (tmp_path / "samples" / "step_000040.png").exists()
+  best = json.load(open(tmp_path / "best.json"))
+  assert best["step"] == 40 and os.path.isdir(best["path"])
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_term(tmp_path):
+  proc = run(["train.py", f"--workdir={tmp_path}", *TRAIN_FLAGS,
+              "--config.loss.weights.loss_l1=nan"])
+  assert proc.returncode == 2
+  assert "non-finite loss at step 1" in proc.stderr
+  assert not (tmp_path / "checkpoints" / "1").exists()
+
+
+def test_batch_must_split_over_devices_and_micro_batches():
+  mesh = training.make_mesh()
+  training.check_batch(8, mesh, microbatches=4)
+  with pytest.raises(ValueError, match="does not split into 3 micro-batches"):
+    training.check_batch(8, mesh, microbatches=3)
+
+
+def test_micro_batches_give_the_whole_batch_gradient():
+  config = smoke.get_config()
+  tx, schedule = training.make_optimizer(config)
+  graphdef, state = training.create_train_state(config, tx)
+  rng = np.random.default_rng(0)
+  batch = {k: rng.random((4, 37, 37, 1), np.float32) for k in ("ir", "vi")}
+  outs = [jax.jit(training.make_train_step(graphdef, None, tx, schedule, config.loss, k))(
+      state, batch, None) for k in (1, 2)]
+  for name in ("loss", "grad_norm", "loss_l1"):
+    np.testing.assert_allclose(outs[0][1][name], outs[1][1][name], rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(outs[0][0].params), jax.tree.leaves(outs[1][0].params)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_schedule_is_the_reference_warmup_cosine():
+  schedule = training.warmup_cosine(3e-4, 1.5e-3, 6e-4, warmup_steps=10, total_steps=110)
+  reference = []
+  for k in range(1, 111):  # the reference's WarmupCosineSchedule.step(), k = 1, 2, ...
+    if k < 10:
+      reference.append(3e-4 + k / 10 * (1.5e-3 - 3e-4))
+    else:
+      progress = (k - 10) / 100
+      reference.append(max(6e-4, 6e-4 + (1.5e-3 - 6e-4) * 0.5 * (1 + math.cos(math.pi * progress))))
+  np.testing.assert_allclose([schedule(c) for c in range(110)], reference, rtol=1e-6)
