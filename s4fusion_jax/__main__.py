@@ -4,6 +4,7 @@
     convert-resnet IN OUT      torchvision ResNet50 weights (.pth/.npz/.safetensors) -> orbax dir
     prepare DATASET DIR        build a TFDS dataset (msrs, roadscene, m3fd, tno, paired_folder)
                                from the user-downloaded folder DIR
+    plot WORKDIR               draw a training run's logged curves to WORKDIR/curves.png
     fuse                       fuse one pair (--ir --vi --out) or two folders (--ir --vi
                                --out as folders) with a model (--checkpoint, default the
                                bundled one) or a baseline (--method average|max)
@@ -57,6 +58,11 @@ def _fuse(args):
     print(out_path)
 
 
+def _plot(args):
+  from s4fusion_jax import plotting  # pylint: disable=import-outside-toplevel
+  print(plotting.plot(args.workdir, args.out))
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m s4fusion_jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,6 +93,10 @@ def main(argv=None):
   fuse.add_argument("--method", choices=("average", "max"), help="a baseline instead of a model")
   fuse.add_argument("--scan_backend", default="auto")
   fuse.set_defaults(run=_fuse)
+  plot = commands.add_parser("plot", help="draw a training run's curves to a PNG")
+  plot.add_argument("workdir")
+  plot.add_argument("--out", help="the PNG (default WORKDIR/curves.png)")
+  plot.set_defaults(run=_plot)
   args = parser.parse_args(argv)
   try:
     args.run(args)

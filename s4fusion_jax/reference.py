@@ -25,7 +25,7 @@ from flax import nnx
 
 from s4fusion_jax import directions
 from s4fusion_jax import model as model_lib
-from s4fusion_jax import ss2d
+from s4fusion_jax import weights_io
 
 PREFIX = "vmunet."
 IGNORED = ("final_up.norm.weight", "final_up.norm.bias")
@@ -167,30 +167,9 @@ def from_torch_state_dict(state_dict, dtype=jnp.float32, **config_overrides) -> 
     ValueError: listing every unknown, missing and mis-shaped parameter.
   """
   dtype = jnp.dtype(dtype)
-  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-    raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) first")
+  weights_io.check_x64(dtype)
   sd = _unwrap(state_dict)
   config = infer_config(sd, dtype=dtype.name, param_dtype=dtype.name, **config_overrides)
   model = nnx.eval_shape(lambda: model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(model)
-  flat = dict(nnx.to_flat_state(state))
-  table = name_table(config)
-  assert {ours for ours, _, _ in table} == set(flat), "name_table does not cover the model"
-
-  expected = {theirs for _, theirs, _ in table} | {PREFIX + n for n in IGNORED}
-  problems = [f"unknown parameter {n!r}" for n in sorted(set(sd) - expected)]
-  problems += [f"missing parameter {t!r}" for _, t, _ in table if t not in sd]
-  for ours, theirs, to_ours in table:
-    if theirs not in sd:
-      continue
-    value = to_ours(sd[theirs])
-    want = flat[ours].get_value().shape
-    if value.shape != want:
-      problems.append(f"{theirs!r} has shape {sd[theirs].shape}; the model needs "
-                      f"{want} after conversion (from {config})")
-    else:
-      flat[ours].set_value(jnp.asarray(value, dtype))
-  if problems:
-    raise ValueError(f"{len(problems)} problem(s) in the S4Fusion state dict:\n  "
-                     + "\n  ".join(problems))
-  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+  return weights_io.load_into(model, name_table(config), sd, dtype, what="S4Fusion",
+                              ignored=[PREFIX + n for n in IGNORED])

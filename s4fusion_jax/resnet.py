@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from s4fusion_jax import weights_io
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_EPS = 1e-5
@@ -122,29 +124,10 @@ def from_torchvision_state_dict(state_dict, dtype=jnp.float32) -> ResNet50:
   Raises one ``ValueError`` listing every unknown, missing and mis-shaped name.
   """
   dtype = jnp.dtype(dtype)
-  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-    raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) first")
+  weights_io.check_x64(dtype)
   sd = {k: np.asarray(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
   num_classes = sd["fc.weight"].shape[0] if "fc.weight" in sd else 1000
   model = nnx.eval_shape(lambda: ResNet50(rngs=nnx.Rngs(0), num_classes=num_classes,
                                           param_dtype=dtype))
-  graphdef, state = nnx.split(model)
-  flat = dict(nnx.to_flat_state(state))
-  names = {path: _torch_name(path) for path in flat}
-  problems = [f"unknown parameter {n!r}"
-              for n in sorted(set(sd) - {t for t, _ in names.values()})]
-  for path, (theirs, to_ours) in names.items():
-    if theirs not in sd:
-      problems.append(f"missing parameter {theirs!r}")
-      continue
-    value = to_ours(sd[theirs])
-    want = flat[path].get_value().shape
-    if value.shape != want:
-      problems.append(f"{theirs!r} has shape {sd[theirs].shape}; converted to {value.shape}, "
-                      f"the model needs {want}")
-    else:
-      flat[path].set_value(jnp.asarray(value, dtype))
-  if problems:
-    raise ValueError(f"{len(problems)} problem(s) in the ResNet50 state dict:\n  "
-                     + "\n  ".join(problems))
-  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+  table = [(path, *_torch_name(path)) for path, _ in nnx.to_flat_state(nnx.state(model))]
+  return weights_io.load_into(model, table, sd, dtype, what="ResNet50")

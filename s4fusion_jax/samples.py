@@ -19,15 +19,11 @@ from s4fusion_jax import checkpoint
 from s4fusion_jax import color
 from s4fusion_jax import datasets
 from s4fusion_jax import image_files
+from s4fusion_jax import inference
 from s4fusion_jax import metrics
 from s4fusion_jax import model as model_lib
 
 PAPER_METRICS = ("MI", "SF", "AG", "SSIM", "VIF", "Qabf")
-
-
-def to_uint8(x):
-  """[0, 1] floats -> uint8 as torchvision's save_image does: clamp, x255, round."""
-  return np.asarray(jnp.round(jnp.clip(x, 0, 1) * 255)).astype(np.uint8)
 
 
 def grid(rows):
@@ -62,9 +58,9 @@ class Validation:
 
   def run(self, model, step):
     """Fuses, writes the grid, measures; returns {"val/<metric>": mean}."""
-    fused = to_uint8(self.fuse(model, jnp.asarray(self.ir / np.float32(255)),
+    fused = inference.to_uint8(self.fuse(model, jnp.asarray(self.ir / np.float32(255)),
                                jnp.asarray(self.vi)))
-    vi_y = to_uint8(self.vi)
+    vi_y = inference.to_uint8(self.vi)
     image_files.write_png(os.path.join(self.workdir, "samples", f"step_{step:06d}.png"),
                           grid(list(zip(self.ir, self.vi_rgb, fused))))
     scores = [metrics.compute(f[..., 0], a[..., 0], b[..., 0])
@@ -86,9 +82,4 @@ class Validation:
     os.replace(tmp, os.path.join(self.workdir, "best.json"))
     if previous is not None and previous["path"] != path:
       shutil.rmtree(previous["path"], ignore_errors=True)
-
-
-def save_grid(path, rows):
-  """Writes ``grid(rows)`` to ``path`` (PNG, atomically)."""
-  image_files.write_png(path, grid(rows))
 

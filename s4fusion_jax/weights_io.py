@@ -77,3 +77,49 @@ def read_state_dict(path):
   except (OSError, ValueError, KeyError, EOFError, struct.error, zipfile.BadZipFile,
           RuntimeError, json.JSONDecodeError) as e:
     raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from e
+
+
+def check_x64(dtype):
+  """Raises when ``dtype`` is float64 and JAX's x64 mode is off (arrays would be float32)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+    raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) first")
+
+
+def load_into(abstract, table, state_dict, dtype, *, what, ignored=()):
+  """Fills an abstract NNX module from a PyTorch-layout state dict.
+
+  Args:
+    abstract: the module from ``nnx.eval_shape``.
+    table: (our flat state path, their name, their layout -> ours) for every variable.
+    state_dict: their names -> numpy arrays.
+    dtype: the dtype of the filled variables.
+    what: the network's name, for the error message.
+    ignored: their names accepted and dropped.
+
+  Raises:
+    ValueError listing every unknown, missing and mis-shaped name.
+  """
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  graphdef, state = nnx.split(abstract)
+  flat = dict(nnx.to_flat_state(state))
+  if {ours for ours, _, _ in table} != set(flat):
+    raise AssertionError(f"the {what} name table does not cover the module")
+  known = {theirs for _, theirs, _ in table} | set(ignored)
+  problems = [f"unknown parameter {n!r}" for n in sorted(set(state_dict) - known)]
+  for ours, theirs, to_ours in table:
+    if theirs not in state_dict:
+      problems.append(f"missing parameter {theirs!r}")
+      continue
+    value = to_ours(state_dict[theirs])
+    want = flat[ours].get_value().shape
+    if value.shape != want:
+      problems.append(f"{theirs!r} has shape {state_dict[theirs].shape}; converted to "
+                      f"{value.shape}, the model needs {want}")
+    else:
+      flat[ours].set_value(jnp.asarray(value, dtype))
+  if problems:
+    raise ValueError(f"{len(problems)} problem(s) in the {what} state dict:\n  "
+                     + "\n  ".join(problems))
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))

@@ -1,0 +1,70 @@
+"""Plots the curves a training run logged (WORKDIR/metrics.jsonl) to one PNG, with PIL only.
+
+    python -m s4fusion_jax plot WORKDIR      # -> WORKDIR/curves.png
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from s4fusion_jax import image_files
+
+PANEL_W, PANEL_H, MARGIN, COLUMNS = 360, 220, 36, 3
+
+
+def read_log(workdir):
+  """{series name: (steps, values)} from WORKDIR/metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no metrics.jsonl in {workdir}")
+  series = {}
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      for key, value in record.items():
+        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+          series.setdefault(key, ([], []))
+          series[key][0].append(record["step"])
+          series[key][1].append(value)
+  return series
+
+
+def _panel(name, steps, values):
+  image = Image.new("RGB", (PANEL_W, PANEL_H), "white")
+  draw = ImageDraw.Draw(image)
+  lo, hi = min(values), max(values)
+  span = (hi - lo) or 1.0
+  s_lo, s_hi = min(steps), max(steps)
+  s_span = (s_hi - s_lo) or 1
+  box = (MARGIN, 20, PANEL_W - 10, PANEL_H - MARGIN)
+  draw.rectangle(box, outline="black")
+  points = [(box[0] + (s - s_lo) / s_span * (box[2] - box[0]),
+             box[3] - (v - lo) / span * (box[3] - box[1])) for s, v in zip(steps, values)]
+  if len(points) > 1:
+    draw.line(points, fill=(31, 119, 180), width=2)
+  else:
+    draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2],
+                 fill=(31, 119, 180))
+  draw.text((box[0], 4), name, fill="black")
+  draw.text((2, box[1]), f"{hi:.3g}", fill="gray")
+  draw.text((2, box[3] - 10), f"{lo:.3g}", fill="gray")
+  draw.text((box[0], box[3] + 6), f"step {s_lo}", fill="gray")
+  draw.text((box[2] - 70, box[3] + 6), f"step {s_hi}", fill="gray")
+  return np.asarray(image)
+
+
+def plot(workdir, out=None):
+  """Draws every logged series of ``workdir`` into ``out`` (default WORKDIR/curves.png)."""
+  series = read_log(workdir)
+  if not series:
+    raise ValueError(f"{workdir}/metrics.jsonl has no numeric series")
+  panels = [_panel(name, *series[name]) for name in sorted(series)]
+  blank = np.full_like(panels[0], 255)
+  panels += [blank] * (-len(panels) % COLUMNS)
+  rows = [np.concatenate(panels[i:i + COLUMNS], axis=1) for i in range(0, len(panels), COLUMNS)]
+  out = out or os.path.join(workdir, "curves.png")
+  image_files.write_png(out, np.concatenate(rows, axis=0))
+  return out
