@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-.venv/bin/python bench/parity.py "$@"
+.venv/bin/python -m s4fusion_jax demo "$@"

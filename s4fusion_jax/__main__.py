@@ -4,6 +4,8 @@
     convert-resnet IN OUT      torchvision ResNet50 weights (.pth/.npz/.safetensors) -> orbax dir
     prepare DATASET DIR        build a TFDS dataset (msrs, roadscene, m3fd, tno, paired_folder)
                                from the user-downloaded folder DIR
+    demo                       fuse TNO with the bundled model and the average / max baselines,
+                               write the fused images, samples and a comparison table
     plot WORKDIR               draw a training run's logged curves to WORKDIR/curves.png
     fuse                       fuse one pair (--ir --vi --out) or two folders (--ir --vi
                                --out as folders) with a model (--checkpoint, default the
@@ -63,6 +65,12 @@ def _plot(args):
   print(plotting.plot(args.workdir, args.out))
 
 
+def _demo(args):
+  from s4fusion_jax import evaluation  # pylint: disable=import-outside-toplevel
+  print(evaluation.demo(args.out, args.data, args.checkpoint))
+  print(f"fused images, samples.png and metrics in {args.out}/<method>/")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m s4fusion_jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +105,11 @@ def main(argv=None):
   plot.add_argument("workdir")
   plot.add_argument("--out", help="the PNG (default WORKDIR/curves.png)")
   plot.set_defaults(run=_plot)
+  demo = commands.add_parser("demo", help="the bundled model and two baselines on TNO")
+  demo.add_argument("--out", default="out/demo")
+  demo.add_argument("--data", help="a folder with ir/ and vi/ (default: TNO)")
+  demo.add_argument("--checkpoint", help="a model checkpoint (default: the bundled one)")
+  demo.set_defaults(run=_demo)
   args = parser.parse_args(argv)
   try:
     args.run(args)

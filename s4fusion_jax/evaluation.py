@@ -96,3 +96,38 @@ def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True):
   rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
   image_files.write_png(os.path.join(out, "samples.png"), np.concatenate(rows, axis=0))
   return mean
+
+
+def compare(results, names=samples.PAPER_METRICS):
+  """A markdown table of mean metrics, one row per method; the best of each column in bold.
+
+  Args:
+    results: {method: {metric: mean}}.
+  """
+  lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  best = {k: max(r[k] for r in results.values()) for k in names}
+  for method, r in results.items():
+    cells = [f"**{r[k]:.4f}**" if r[k] == best[k] else f"{r[k]:.4f}" for k in names]
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def demo(out, data=None, checkpoint_dir=None, progress=True):
+  """Fuses TNO with the model and the average / max baselines; writes OUT/comparison.md.
+
+  ``data`` defaults to ../shared/data/tno beside the checkout, else the pairs bundled in
+  demo_data/tno. Returns the comparison table.
+  """
+  from s4fusion_jax import inference  # pylint: disable=import-outside-toplevel
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  shared = os.path.join(repo, "..", "shared", "data", "tno")
+  data = data or (shared if os.path.isdir(shared) else os.path.join(repo, "demo_data", "tno"))
+  results = {}
+  for label, fuser in (("S4Fusion", inference.Fuser.from_flags(checkpoint_dir)),
+                       ("average", inference.Fuser(method="average")),
+                       ("max", inference.Fuser(method="max"))):
+    results[label] = evaluate(fuser, data, os.path.join(out, label), progress=progress)
+  table = compare(results)
+  _write_text(os.path.join(out, "comparison.md"), f"Mean metrics on {os.path.abspath(data)}\n\n"
+              + table)
+  return table

@@ -15,9 +15,11 @@ from conftest import REPO, shared_path
 from s4fusion_jax import __main__ as cli
 from s4fusion_jax import checkpoint
 from s4fusion_jax import color
+from s4fusion_jax import evaluation
 from s4fusion_jax import inference
 from s4fusion_jax import metrics
 from s4fusion_jax import model as model_lib
+from s4fusion_jax import plotting
 
 TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
                              d_state=4, fusion_d_state=6)
@@ -147,3 +149,34 @@ def test_evaluator_gray_follows_opencv():
                       + np.float32(10) * np.float32(0.299))
   np.testing.assert_array_equal(metrics.evaluator_gray(rgb), [[expected, 255]])
   np.testing.assert_array_equal(metrics.evaluator_gray(rgb[..., :1]), [[10, 255]])
+
+
+def test_demo_on_the_bundled_pairs(tmp_path):
+  checkpoint.save_model(tmp_path / "tiny", model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0)))
+  table = evaluation.demo(str(tmp_path / "demo"), data=str(REPO / "demo_data" / "tno"),
+                          checkpoint_dir=str(tmp_path / "tiny"), progress=False)
+  assert table.splitlines()[0] == "| method | MI | SF | AG | SSIM | VIF | Qabf |"
+  assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == [
+      "| S4Fusion", "| average", "| max"]
+  names = sorted(os.listdir(REPO / "demo_data" / "tno" / "ir"))
+  for method in ("S4Fusion", "average", "max"):
+    check_outputs(tmp_path / "demo" / method, names)
+  assert (tmp_path / "demo" / "comparison.md").read_text().endswith(table)
+
+
+def test_compare_marks_the_best():
+  table = evaluation.compare({"a": {"MI": 1.0, "SF": 3.0}, "b": {"MI": 2.0, "SF": 1.0}},
+                             names=("MI", "SF"))
+  assert "| a | 1.0000 | **3.0000** |" in table and "| b | **2.0000** | 1.0000 |" in table
+
+
+def test_plot_draws_every_series(tmp_path):
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for step in range(1, 6):
+      f.write(json.dumps({"step": step, "loss": 1.0 / step, "lr": 0.1}) + "\n")
+    f.write(json.dumps({"step": 5, "val/Qabf": 0.3}) + "\n")
+  path = plotting.plot(str(tmp_path))
+  width, height = Image.open(path).size
+  assert width == 3 * plotting.PANEL_W and height == plotting.PANEL_H  # 3 series, one row
+  with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+    plotting.plot(str(tmp_path / "nowhere"))
