@@ -30,7 +30,8 @@ Backends (one enum, one entry point, as in recurrentgemma's scan module):
                     recomputed in the backward pass: under ``grad`` it keeps the
                     L / chunk boundary states plus one chunk's residuals. Inside a
                     chunk: ``sequential`` on CPU, ``associative`` elsewhere.
-    ``auto``        the measured best for the platform (``AUTO_BACKEND``).
+    ``auto``        the measured best for the platform, forward-only or trained
+                    (``AUTO_BACKEND``, ``resolve_backend``).
 """
 
 import enum
@@ -46,8 +47,11 @@ class ScanBackend(str, enum.Enum):
   AUTO = "auto"
 
 
-# ``auto``: the measured best per platform (bench/scan.py; README "Performance").
-AUTO_BACKEND = {"cpu": ScanBackend.CHUNKED}
+# ``auto``: the measured best per (platform, differentiated?) (bench/benchmark.py; README
+# "Performance"). On CPU the plain lax.scan is fastest forward; under grad the chunked scan
+# is as fast and keeps a fraction of the memory. Unmeasured platforms get the chunked scan,
+# whose chunks are associative scans there.
+AUTO_BACKEND = {("cpu", False): ScanBackend.SEQUENTIAL, ("cpu", True): ScanBackend.CHUNKED}
 AUTO_DEFAULT = ScanBackend.CHUNKED
 # Inside a chunk, the faster form on the platform.
 CHUNK_INNER = {"cpu": ScanBackend.SEQUENTIAL}
@@ -55,12 +59,17 @@ CHUNK_INNER_DEFAULT = ScanBackend.ASSOCIATIVE
 DEFAULT_CHUNK = 128
 
 
-def resolve_backend(backend, platform=None) -> ScanBackend:
-  """The concrete backend for ``backend`` ("auto" picks by ``platform``, default: JAX's)."""
+def resolve_backend(backend, platform=None, differentiated=False) -> ScanBackend:
+  """The concrete backend for ``backend``.
+
+  "auto" picks by ``platform`` (default: JAX's) and by whether the scan will be
+  differentiated (training resolves it with ``differentiated=True``; left as "auto"
+  in a model, it means inference).
+  """
   backend = ScanBackend(backend)
   if backend != ScanBackend.AUTO:
     return backend
-  return AUTO_BACKEND.get(platform or jax.default_backend(), AUTO_DEFAULT)
+  return AUTO_BACKEND.get((platform or jax.default_backend(), differentiated), AUTO_DEFAULT)
 
 
 def state_dtype(dtype) -> jnp.dtype:

@@ -32,6 +32,7 @@ from s4fusion_jax import input_pipeline
 from s4fusion_jax import losses
 from s4fusion_jax import model as model_lib
 from s4fusion_jax import samples
+from s4fusion_jax import scan
 
 
 class NonFiniteLoss(RuntimeError):
@@ -95,9 +96,16 @@ def check_batch(global_batch, mesh, microbatches=1):
                      f"{jax.process_count()} hosts")
 
 
+def train_model_config(config) -> model_lib.ModelConfig:
+  """The ``ModelConfig`` of a training config, with an "auto" scan resolved for training."""
+  model_config = model_lib.ModelConfig(**config.model)
+  return dataclasses.replace(model_config, scan_backend=scan.resolve_backend(
+      model_config.scan_backend, differentiated=True).value)
+
+
 def create_train_state(config, tx, init_from=None):
   """(graphdef, state): a new model (or ``init_from``'s weights) and a fresh optimizer."""
-  model_config = model_lib.ModelConfig(**config.model)
+  model_config = train_model_config(config)
   if init_from:
     stored = checkpoint.read_model_config(init_from)
     sizes = lambda c: (c.dims, c.depths, c.depths_decoder, c.d_state, c.fusion_d_state,
@@ -242,7 +250,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
 
   tx, schedule = make_optimizer(config)
   graphdef, state = create_train_state(config, tx, init_from)
-  model_config = model_lib.ModelConfig(**config.model)
+  model_config = model_lib.ModelConfig(**config.model)  # saved with "auto", as configured
 
   sources, weights = _sources(config.data.train, config.data.data_dir)
   data = input_pipeline.train_dataset(

@@ -91,7 +91,8 @@ def test_chunked_carries_the_state_across_padded_chunks(monkeypatch, inner):
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-11, atol=1e-11)
 
 
-def test_auto_resolves_per_platform():
-  assert scan.resolve_backend("auto", "cpu") == scan.AUTO_BACKEND["cpu"]
-  assert scan.resolve_backend("auto", "gpu") == scan.AUTO_BACKEND.get("gpu", scan.AUTO_DEFAULT)
+def test_auto_resolves_per_platform_and_use():
+  assert scan.resolve_backend("auto", "cpu") == scan.ScanBackend.SEQUENTIAL
+  assert scan.resolve_backend("auto", "cpu", differentiated=True) == scan.ScanBackend.CHUNKED
+  assert scan.resolve_backend("auto", "gpu", differentiated=True) == scan.AUTO_DEFAULT
   assert scan.resolve_backend("sequential", "gpu") == scan.ScanBackend.SEQUENTIAL
