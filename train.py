@@ -12,6 +12,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from s4fusion_jax import training
@@ -21,11 +22,15 @@ flags.DEFINE_string("workdir", None, "where the run writes checkpoints, logs and
                     required=True)
 flags.DEFINE_string("init_from", None, "an S4Fusion checkpoint to start from (convert-reference)")
 flags.DEFINE_bool("progress", True, "show a progress bar")
+flags.DEFINE_bool("distributed", False, "multi-host: call jax.distributed.initialize() first "
+                  "(coordinator, process count and id from the cluster environment)")
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  if flags.FLAGS.distributed:
+    jax.distributed.initialize()
   try:
     training.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
                                 init_from=flags.FLAGS.init_from, progress=flags.FLAGS.progress)

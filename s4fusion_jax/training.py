@@ -235,7 +235,8 @@ class _JsonLog:
 def train_and_evaluate(config, workdir, init_from=None, progress=True):
   """Trains under ``config`` in ``workdir``, resuming from its latest checkpoint if any.
 
-  Returns the final ``TrainState`` (with the graphdef for rebuilding the model).
+  Returns:
+    (graphdef, final ``TrainState``): ``nnx.merge(graphdef, state.params)`` is the model.
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh()

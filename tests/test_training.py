@@ -148,3 +148,21 @@ def test_schedule_is_the_reference_warmup_cosine():
       progress = (k - 10) / 100
       reference.append(max(6e-4, 6e-4 + (1.5e-3 - 6e-4) * 0.5 * (1 + math.cos(math.pi * progress))))
   np.testing.assert_allclose([schedule(c) for c in range(110)], reference, rtol=1e-6)
+
+
+def test_init_from_a_converted_reference_checkpoint(tmp_path, tiny_golden):
+  from conftest import reference_state_dict  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax import reference  # pylint: disable=import-outside-toplevel
+  converted = reference.from_torch_state_dict(reference_state_dict(tiny_golden))
+  checkpoint.save_model(tmp_path / "ref", converted)
+  config = smoke.get_config()  # the tiny fixture's sizes
+  tx, _ = training.make_optimizer(config)
+  _, state = training.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
+  ours = jax.tree.leaves(state.params)
+  theirs = jax.tree.leaves(nnx.to_pure_dict(nnx.state(converted, nnx.Param)))
+  assert len(ours) == len(theirs)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_array_equal(a, b)
+  config.model.d_state = 5
+  with pytest.raises(ValueError, match="other sizes"):
+    training.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
