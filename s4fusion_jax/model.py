@@ -22,13 +22,14 @@ from flax import nnx
 from s4fusion_jax import cmsa
 from s4fusion_jax import layers
 from s4fusion_jax import patches
+from s4fusion_jax import scan
 from s4fusion_jax import sizes
 from s4fusion_jax import ss2d
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Every size of the network. Defaults are the released model (3,562,981 parameters)."""
+  """Every size of the network. Defaults are the released model (3,562,957 parameters)."""
   dims: Tuple[int, ...] = (48, 96, 192)
   depths: Tuple[int, ...] = (1, 2, 1)
   depths_decoder: Tuple[int, ...] = (1, 2, 1)
@@ -54,8 +55,11 @@ class ModelConfig:
     if not len(self.dims) == len(self.depths) == len(self.depths_decoder):
       problems.append(f"dims {self.dims}, depths {self.depths} and depths_decoder "
                       f"{self.depths_decoder} must have one entry per stage")
-    if self.dims and (self.dims[0] * self.patch_kernel**2) % 4:
+    if self.dims and self.dims[0] % 4:
       problems.append(f"dims[0] = {self.dims[0]} must be a multiple of 4 (the fold head)")
+    if self.scan_backend not in {b.value for b in scan.ScanBackend}:
+      problems.append(f"scan_backend {self.scan_backend!r} is not one of "
+                      f"{[b.value for b in scan.ScanBackend]}")
     if self.fusion_blocks < 1 or self.d_state < 1 or self.fusion_d_state < 1:
       problems.append("fusion_blocks, d_state and fusion_d_state must be positive")
     if problems:

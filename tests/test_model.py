@@ -105,6 +105,8 @@ def test_call_rejects_bad_shapes(tiny):
 def test_bad_config_is_named():
   with pytest.raises(ValueError, match="must double"):
     model_lib.ModelConfig(dims=(48, 90, 192))
+  with pytest.raises(ValueError, match="scan_backend 'fast' is not one of"):
+    model_lib.ModelConfig(scan_backend="fast")
 
 
 def test_converter_lists_every_problem(tiny_golden):
