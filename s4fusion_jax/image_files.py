@@ -61,6 +61,12 @@ def list_images(folder):
   return sorted(n for n in os.listdir(folder) if n.lower().endswith(EXTENSIONS))
 
 
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def write_png(path, array):
   """Writes uint8 (H, W), (H, W, 1) or (H, W, 3) to ``path`` atomically."""
   array = np.asarray(array)
@@ -72,6 +78,7 @@ def write_png(path, array):
   try:
     with os.fdopen(fd, "wb") as f:
       Image.fromarray(array).save(f, format="PNG")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
