@@ -160,8 +160,8 @@ def make_train_step(graphdef, resnet_graphdef, tx, schedule, loss_config, microb
       grads, metrics = jax.tree.map(lambda x: x / microbatches, total)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(lr=schedule(state.step), grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates))
+    metrics.update(lr=schedule(state.step), grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params), update_norm=optax.tree.norm(updates))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
