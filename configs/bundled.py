@@ -9,19 +9,14 @@ weights come from the images' own Sobel energy (``image_gradient``). See README.
 import os
 
 from configs import default
-
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+from configs import smoke
 
 
 def get_config():
   config = default.get_config()
   # info of [0, 1] images is ~1e-2, so c = 0.01 lets the sharper source weigh more.
   config.loss.update(perceptual=False, weight_source="image_gradient", temperature=0.01)
-  config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
-  config.data.train = [dict(dataset="paired_folder", manual_dir=os.path.join(
-      SHARED, "roadscene_train"), name="roadscene_train", split="train", weight=None)]
-  config.data.val = dict(dataset="tno", manual_dir=os.path.join(SHARED, "tno"), split="test")
-  config.data.num_workers = 0
+  smoke.use_shared_data(config, os.path.expanduser("~/tensorflow_datasets"))
   config.batch_size = 8
   config.crop_size = 97
   config.num_steps = 500

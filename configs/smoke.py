@@ -10,16 +10,21 @@ from configs import default
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
 
+def use_shared_data(config, data_dir):
+  """Train on ../shared/data/roadscene_train and validate on ../shared/data/tno."""
+  config.data.data_dir = data_dir
+  config.data.train = [dict(dataset="paired_folder", manual_dir=os.path.join(
+      SHARED, "roadscene_train"), name="roadscene_train", split="train", weight=None)]
+  config.data.val = dict(dataset="tno", manual_dir=os.path.join(SHARED, "tno"), split="test")
+  config.data.num_workers = 0
+
+
 def get_config():
   config = default.get_config()
   config.model.update(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1), d_state=4,
                       fusion_d_state=6)
   config.loss.update(perceptual=False, weight_source="image_gradient")
-  config.data.data_dir = "/tmp/s4fusion_tfds"
-  config.data.train = [dict(dataset="paired_folder", manual_dir=os.path.join(
-      SHARED, "roadscene_train"), name="roadscene_train", split="train", weight=None)]
-  config.data.val = dict(dataset="tno", manual_dir=os.path.join(SHARED, "tno"), split="test")
-  config.data.num_workers = 0
+  use_shared_data(config, "/tmp/s4fusion_tfds")
   config.batch_size = 8
   config.crop_size = 61
   config.num_steps = 60
