@@ -231,6 +231,27 @@ class _JsonLog:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
+  def drop_after(self, step):
+    """Forgets the records of steps after ``step``, which a resumed run logs again.
+
+    A line cut short by a kill is dropped too. The file is replaced atomically.
+    """
+    if not os.path.exists(self.path):
+      return
+    kept = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if record["step"] <= step:
+          kept.append(line)
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
 
 def train_and_evaluate(config, workdir, init_from=None, progress=True):
   """Trains under ``config`` in ``workdir``, resuming from its latest checkpoint if any.
@@ -271,6 +292,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
                        in_shardings=(replicated, sharded, replicated),
                        out_shardings=(replicated, replicated), donate_argnums=0)
   log = _JsonLog(workdir)
+  log.drop_after(int(state.step))
   validation = samples.Validation(config, workdir) if config.eval_every else None
 
   start_step = int(state.step)

@@ -91,6 +91,10 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
   assert "resumed from step" in resumed.stdout
   for a, b in zip(final_params(tmp_path / "straight", 12), final_params(killed, 12)):
     np.testing.assert_array_equal(a, b)
+  # The steps logged before the kill past its last checkpoint are not logged twice.
+  losses = lambda workdir: [(r["step"], r["loss"]) for r in map(json.loads, open(
+      workdir / "metrics.jsonl"))]
+  assert losses(killed) == losses(tmp_path / "straight")
 
 
 def test_smoke_config_lowers_the_loss(tmp_path):
@@ -166,3 +170,15 @@ def test_init_from_a_converted_reference_checkpoint(tmp_path, tiny_golden):
   config.model.d_state = 5
   with pytest.raises(ValueError, match="other sizes"):
     training.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
+
+
+def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
+  log = training._JsonLog(tmp_path)  # pylint: disable=protected-access
+  for step in (1, 2, 3, 4):
+    log.write({"step": step, "loss": float(step)})
+  with open(log.path, "a") as f:
+    f.write('{"step": 5, "lo')  # a kill in the middle of a write
+  log.drop_after(2)
+  assert [json.loads(line)["step"] for line in open(log.path)] == [1, 2]
+  log.write({"step": 3, "loss": 0.5})
+  assert [json.loads(line)["step"] for line in open(log.path)] == [1, 2, 3]
