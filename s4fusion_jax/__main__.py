@@ -4,12 +4,13 @@
     convert-resnet IN OUT      torchvision ResNet50 weights (.pth/.npz/.safetensors) -> orbax dir
     prepare DATASET DIR        build a TFDS dataset (msrs, roadscene, m3fd, tno, paired_folder)
                                from the user-downloaded folder DIR
-    demo                       fuse TNO with the bundled model and the average / max baselines,
-                               write the fused images, samples and a comparison table
+    demo                       fuse TNO with the bundled model and every baseline (average,
+                               max, and copying either source), write the fused images,
+                               samples and a comparison table
     plot WORKDIR               draw a training run's logged curves to WORKDIR/curves.png
     fuse                       fuse one pair (--ir --vi --out) or two folders (--ir --vi
                                --out as folders) with a model (--checkpoint, default the
-                               bundled one) or a baseline (--method average|max)
+                               bundled one) or a baseline (--method, one of inference.METHODS)
 """
 
 import argparse
@@ -72,6 +73,7 @@ def _demo(args):
 
 
 def main(argv=None):
+  from s4fusion_jax import inference  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog="python -m s4fusion_jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
@@ -98,14 +100,14 @@ def main(argv=None):
   fuse.add_argument("--vi", required=True, help="visible image (grey or RGB), or folder of them")
   fuse.add_argument("--out", required=True, help="fused PNG, or output folder")
   fuse.add_argument("--checkpoint", help="S4Fusion checkpoint dir (default: the bundled model)")
-  fuse.add_argument("--method", choices=("average", "max"), help="a baseline instead of a model")
+  fuse.add_argument("--method", choices=inference.METHODS, help="a baseline instead of a model")
   fuse.add_argument("--scan_backend", default="auto")
   fuse.set_defaults(run=_fuse)
   plot = commands.add_parser("plot", help="draw a training run's curves to a PNG")
   plot.add_argument("workdir")
   plot.add_argument("--out", help="the PNG (default WORKDIR/curves.png)")
   plot.set_defaults(run=_plot)
-  demo = commands.add_parser("demo", help="the bundled model and two baselines on TNO")
+  demo = commands.add_parser("demo", help="the bundled model and the baselines on TNO")
   demo.add_argument("--out", default="out/demo")
   demo.add_argument("--data", help="a folder with ir/ and vi/ (default: TNO)")
   demo.add_argument("--checkpoint", help="a model checkpoint (default: the bundled one)")

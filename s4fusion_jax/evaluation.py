@@ -113,7 +113,7 @@ def compare(results, names=samples.PAPER_METRICS):
 
 
 def demo(out, data=None, checkpoint_dir=None, progress=True):
-  """Fuses TNO with the model and the average / max baselines; writes OUT/comparison.md.
+  """Fuses TNO with the model and every baseline of ``METHODS``; writes OUT/comparison.md.
 
   ``data`` defaults to ../shared/data/tno beside the checkout, else the pairs bundled in
   demo_data/tno. Returns the comparison table.
@@ -123,9 +123,9 @@ def demo(out, data=None, checkpoint_dir=None, progress=True):
   shared = os.path.join(repo, "..", "shared", "data", "tno")
   data = data or (shared if os.path.isdir(shared) else os.path.join(repo, "demo_data", "tno"))
   results = {}
-  for label, fuser in (("S4Fusion", inference.Fuser.from_flags(checkpoint_dir)),
-                       ("average", inference.Fuser(method="average")),
-                       ("max", inference.Fuser(method="max"))):
+  fusers = [("S4Fusion", inference.Fuser.from_flags(checkpoint_dir))]
+  fusers += [(method, inference.Fuser(method=method)) for method in inference.METHODS]
+  for label, fuser in fusers:
     results[label] = evaluate(fuser, data, os.path.join(out, label), progress=progress)
   table = compare(results)
   _write_text(os.path.join(out, "comparison.md"), f"Mean metrics on {os.path.abspath(data)}\n\n"

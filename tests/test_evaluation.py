@@ -96,6 +96,16 @@ def test_colour_visible_is_fused_in_y_and_recoloured():
   assert inference.Fuser(method="max").fuse(ir, grey).shape == (20, 30, 1)
 
 
+def test_copy_baselines_give_back_their_source():
+  rng = np.random.default_rng(1)
+  ir = rng.integers(0, 256, (20, 30, 1), dtype=np.uint8)
+  grey = np.repeat(rng.integers(0, 256, (20, 30, 1), dtype=np.uint8), 3, -1)
+  np.testing.assert_array_equal(inference.Fuser(method="infrared").fuse(ir, grey), ir)
+  np.testing.assert_array_equal(inference.Fuser(method="visible").fuse(ir, grey), grey[..., :1])
+  with pytest.raises(ValueError, match="unknown method 'min'"):
+    inference.Fuser(method="min")
+
+
 def test_model_fuser_pads_any_size_and_matches_fuse():
   model = model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(1)
@@ -157,9 +167,9 @@ def test_demo_on_the_bundled_pairs(tmp_path):
                           checkpoint_dir=str(tmp_path / "tiny"), progress=False)
   assert table.splitlines()[0] == "| method | MI | SF | AG | SSIM | VIF | Qabf |"
   assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == [
-      "| S4Fusion", "| average", "| max"]
+      "| S4Fusion", "| average", "| max", "| infrared", "| visible"]
   names = sorted(os.listdir(REPO / "demo_data" / "tno" / "ir"))
-  for method in ("S4Fusion", "average", "max"):
+  for method in ("S4Fusion", *inference.METHODS):
     check_outputs(tmp_path / "demo" / method, names)
   assert (tmp_path / "demo" / "comparison.md").read_text().endswith(table)
 
