@@ -182,3 +182,19 @@ def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
   assert [json.loads(line)["step"] for line in open(log.path)] == [1, 2]
   log.write({"step": 3, "loss": 0.5})
   assert [json.loads(line)["step"] for line in open(log.path)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name,arg", [("default", None), ("smoke", None), ("bundled", "1"),
+                                      ("bundled", "2")])
+def test_every_shipped_config_builds(name, arg):
+  module = __import__(f"configs.{name}", fromlist=["get_config"])
+  config = module.get_config() if arg is None else module.get_config(arg)
+  training.train_model_config(config)
+  training.make_optimizer(config)
+  assert config.num_steps > 0 and config.batch_size % config.microbatches == 0
+
+
+def test_bundled_config_names_its_stages():
+  from configs import bundled  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="stage must be '1' or '2'"):
+    bundled.get_config("3")
