@@ -231,12 +231,18 @@ def prepare(dataset, manual_dir, data_dir, *, skip_bad_pairs=False, name=None):
   return os.fspath(builder.data_dir), builder.skipped
 
 
-def source(dataset_dir, split):
-  """A random-access source of a prepared split: ``len`` and ``[i]`` -> feature dict."""
+def source(dataset_dir, split, decode_images=True):
+  """A random-access source of a prepared split: ``len`` and ``[i]`` -> feature dict.
+
+  With ``decode_images=False`` the images stay encoded (PNG bytes): a cheap scan of names.
+  """
   if not os.path.isdir(dataset_dir):
     raise FileNotFoundError(f"prepared dataset not found: {dataset_dir} (run "
                             "'python -m s4fusion_jax prepare ...' first)")
   builder = tfds.builder_from_directory(dataset_dir)
   if split not in builder.info.splits:
     raise ValueError(f"{dataset_dir} has splits {sorted(builder.info.splits)}, not {split!r}")
-  return builder.as_data_source(split=split)
+  decoders = None if decode_images else {
+      key: tfds.decode.SkipDecoding() for key, feature in builder.info.features.items()
+      if isinstance(feature, tfds.features.Image)}
+  return builder.as_data_source(split=split, decoders=decoders)

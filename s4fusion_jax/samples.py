@@ -46,9 +46,10 @@ class Validation:
     entry = config.data.val
     dataset_dir, _ = datasets.prepare(entry["dataset"], entry["manual_dir"], config.data.data_dir,
                                       name=entry.get("name"))
+    names = datasets.source(dataset_dir, entry["split"], decode_images=False)
+    first = sorted(range(len(names)), key=lambda i: names[i]["name"])[:config.eval_pairs]
     src = datasets.source(dataset_dir, entry["split"])
-    examples = sorted((src[i] for i in range(len(src))), key=lambda e: e["name"])
-    examples = examples[:config.eval_pairs]
+    examples = [src[i] for i in first]
     self.ir = np.stack([centre_crop(e["ir"], config.eval_size) for e in examples])
     self.vi_rgb = np.stack([centre_crop(e["vi"], config.eval_size) for e in examples])
     self.vi = color.rgb_to_y(self.vi_rgb / 255.0).astype(np.float32)

@@ -50,6 +50,11 @@ def test_paired_folder_reads_back_pixel_exact(roadscene_sample):
     np.testing.assert_array_equal(example["ir"], image_files.read_ir(raw / "ir" / name))
     np.testing.assert_array_equal(example["vi"], image_files.read_vi(raw / "vi" / name))
 
+  encoded = datasets.source(dataset_dir, "train", decode_images=False)
+  for i in range(len(src)):
+    assert encoded[i]["name"] == src[i]["name"]
+    assert encoded[i]["ir"][:8] == b"\x89PNG\r\n\x1a\n"  # not decoded
+
 
 def test_tno_three_channel_grey_infrared_becomes_one_channel(tmp_path):
   dataset_dir, _ = datasets.prepare("tno", shared_path("data", "tno"), tmp_path)

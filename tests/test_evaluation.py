@@ -1,4 +1,4 @@
-"""evaluate.py end to end on TNO, the fusion command, colour handling and bad input."""
+"""evaluate.py end to end on TNO, the fusion command, colour handling, bad input, validation."""
 
 import json
 import os
@@ -12,14 +12,17 @@ from flax import nnx
 from PIL import Image
 
 from conftest import REPO, shared_path
+from configs import smoke
 from s4fusion_jax import __main__ as cli
 from s4fusion_jax import checkpoint
 from s4fusion_jax import color
 from s4fusion_jax import evaluation
+from s4fusion_jax import image_files
 from s4fusion_jax import inference
 from s4fusion_jax import metrics
 from s4fusion_jax import model as model_lib
 from s4fusion_jax import plotting
+from s4fusion_jax import samples
 
 TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
                              d_state=4, fusion_d_state=6)
@@ -190,3 +193,14 @@ def test_plot_draws_every_series(tmp_path):
   assert width == 3 * plotting.PANEL_W and height == plotting.PANEL_H  # 3 series, one row
   with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
     plotting.plot(str(tmp_path / "nowhere"))
+
+
+def test_validation_uses_the_first_pairs_by_name(tmp_path):
+  config = smoke.get_config()  # validates on ../shared/data/tno
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.eval_pairs, config.eval_size = 2, 61
+  validation = samples.Validation(config, str(tmp_path / "work"))
+  names = sorted(os.listdir(shared_path("data", "tno", "ir")))[:2]
+  expected = [samples.centre_crop(image_files.read_ir(shared_path("data", "tno", "ir", name)), 61)
+              for name in names]
+  np.testing.assert_array_equal(validation.ir, np.stack(expected))
