@@ -1,13 +1,14 @@
-"""The bundled default model: trained here, on 180 RoadScene pairs, on 2 CPU cores, in two runs.
+"""The bundled default model: trained here, on 180 RoadScene pairs, on 2 CPU cores.
 
     python train.py --config configs/bundled.py:1 --workdir runs/bundled
     python train.py --config configs/bundled.py:2 --workdir runs/bundled2 \
         --init_from runs/bundled/best-500
 
-Stage 1 trains from scratch; stage 2 continues from stage 1's last step with a fresh optimizer
-and a schedule that decays to a small learning rate. No ImageNet weights exist on this
-machine, so the perceptual loss is off and the source weights come from the images' own Sobel
-energy (``image_gradient``). See s4fusion_jax/weights/README.md.
+The committed weights are stage 1 (from scratch, 500 steps). Stage 2 continues stage 1 with a
+fresh optimizer and a schedule that decays to a small learning rate; it has been run (1,500
+steps) but its result is not bundled yet (not measured on all of TNO). No ImageNet weights exist
+on this machine, so the perceptual loss is off and the source weights come from the images' own
+Sobel energy (``image_gradient``). See s4fusion_jax/weights/README.md.
 """
 
 import os
