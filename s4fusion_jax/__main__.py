@@ -10,12 +10,14 @@
     plot WORKDIR               draw a training run's logged curves to WORKDIR/curves.png
     fuse                       fuse one pair (--ir --vi --out) or two folders (--ir --vi
                                --out as folders) with a model (--checkpoint, default the
-                               bundled one) or a baseline (--method, one of inference.METHODS)
+                               bundled one) or a baseline (--method, one of baselines.METHODS)
 """
 
 import argparse
 import os
 import sys
+
+from s4fusion_jax import baselines
 
 
 def _convert_reference(args):
@@ -73,7 +75,6 @@ def _demo(args):
 
 
 def main(argv=None):
-  from s4fusion_jax import inference  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog="python -m s4fusion_jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
@@ -100,7 +101,7 @@ def main(argv=None):
   fuse.add_argument("--vi", required=True, help="visible image (grey or RGB), or folder of them")
   fuse.add_argument("--out", required=True, help="fused PNG, or output folder")
   fuse.add_argument("--checkpoint", help="S4Fusion checkpoint dir (default: the bundled model)")
-  fuse.add_argument("--method", choices=inference.METHODS, help="a baseline instead of a model")
+  fuse.add_argument("--method", choices=tuple(baselines.METHODS), help="a baseline instead of a model")
   fuse.add_argument("--scan_backend", default="auto")
   fuse.set_defaults(run=_fuse)
   plot = commands.add_parser("plot", help="draw a training run's curves to a PNG")

@@ -17,19 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from s4fusion_jax import baselines
 from s4fusion_jax import checkpoint
 from s4fusion_jax import color
 from s4fusion_jax import sizes
 
-# Baselines on (ir, vi_y) in [0, 1]. Copying one source is the floor a fusion must clear: its
-# MI is that source's entropy and its VIF that of an undistorted image.
-BASELINES = {
-    "average": lambda ir, vi_y: (ir + vi_y) / 2,
-    "max": np.maximum,
-    "infrared": lambda ir, vi_y: ir,
-    "visible": lambda ir, vi_y: vi_y,
-}
-METHODS = tuple(BASELINES)
+METHODS = tuple(baselines.METHODS)
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "s4fusion")
 
 
@@ -64,7 +57,7 @@ class Fuser:
   def fuse_y(self, ir, vi_y):
     """ir, vi_y: float32 (H, W, 1) in [0, 1] -> fused Y, float32 (H, W, 1), unclamped."""
     if self.method is not None:
-      return BASELINES[self.method](ir, vi_y)
+      return baselines.METHODS[self.method](ir, vi_y)
     rule = self.model.config.size_rule()
     (ir_p, box), (vi_p, _) = (sizes.pad_to_valid(x[None], *rule) for x in (ir, vi_y))
     dtype = jnp.dtype(self.model.config.dtype)

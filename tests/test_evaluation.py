@@ -109,6 +109,17 @@ def test_copy_baselines_give_back_their_source():
     inference.Fuser(method="min")
 
 
+def test_the_command_line_plots_without_importing_jax(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n')
+  script = ("import sys; from s4fusion_jax import __main__ as cli; "
+            f"code = cli.main(['plot', {str(tmp_path)!r}]); "
+            "print(code, 'jax' in sys.modules)")
+  run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+  assert run.stdout.split()[-2:] == ["0", "False"], run.stdout + run.stderr
+  assert (tmp_path / "curves.png").exists()
+
+
 def test_model_fuser_pads_any_size_and_matches_fuse():
   model = model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(1)
