@@ -185,7 +185,7 @@ def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("name,arg", [("default", None), ("smoke", None), ("bundled", "1"),
-                                      ("bundled", "2")])
+                                      ("bundled", "2"), ("bundled", "3")])
 def test_every_shipped_config_builds(name, arg):
   module = __import__(f"configs.{name}", fromlist=["get_config"])
   config = module.get_config() if arg is None else module.get_config(arg)
@@ -196,5 +196,5 @@ def test_every_shipped_config_builds(name, arg):
 
 def test_bundled_config_names_its_stages():
   from configs import bundled  # pylint: disable=import-outside-toplevel
-  with pytest.raises(ValueError, match="stage must be '1' or '2'"):
-    bundled.get_config("3")
+  with pytest.raises(ValueError, match="stage must be '1', '2' or '3'"):
+    bundled.get_config("4")
