@@ -101,7 +101,8 @@ def main(argv=None):
   fuse.add_argument("--vi", required=True, help="visible image (grey or RGB), or folder of them")
   fuse.add_argument("--out", required=True, help="fused PNG, or output folder")
   fuse.add_argument("--checkpoint", help="S4Fusion checkpoint dir (default: the bundled model)")
-  fuse.add_argument("--method", choices=tuple(baselines.METHODS), help="a baseline instead of a model")
+  fuse.add_argument("--method", choices=tuple(baselines.METHODS),
+                    help="a baseline instead of a model")
   fuse.add_argument("--scan_backend", default="auto")
   fuse.set_defaults(run=_fuse)
   plot = commands.add_parser("plot", help="draw a training run's curves to a PNG")
