@@ -17,24 +17,28 @@ Shapes:
     D, delta_bias:     (G, D)
     returns y:         (batch, L, G, D), in the state dtype
 
-The state h (batch, G, D, N) is float32 for float32 / bfloat16 inputs and
-float64 for float64 inputs; the output is returned in that dtype, as the
-reference's CUDA kernel returns float32.
+The state h (N values per channel, held as (N, batch, G, D): see below) is float32
+for float32 / bfloat16 inputs and float64 for float64 inputs; the output is returned
+in that dtype, as the reference's CUDA kernel returns float32.
 
 Backends (one enum, one entry point, as in recurrentgemma's scan module):
     ``sequential``  ``lax.scan`` over L: O(batch G D N) live state, fast on CPU;
                     under ``grad`` it keeps per-step residuals, O(L batch G D N).
     ``associative`` ``lax.associative_scan`` over L: O(log L) depth, the form
                     for accelerators; materialises (batch, L, G, D, N).
-    ``chunked``     L cut into chunks, the state carried across them and each chunk
-                    recomputed in the backward pass: under ``grad`` it keeps the
-                    L / chunk boundary states plus one chunk's residuals. Inside a
-                    chunk: ``sequential`` on CPU, ``associative`` elsewhere.
+    ``chunked``     L cut into chunks, the state carried across them, with a custom VJP
+                    (Mamba's backward): the forward keeps only the chunk-start states;
+                    the backward recomputes each chunk's states and runs the adjoint
+                    recurrence in reverse time. Under ``grad`` it keeps L / chunk
+                    states plus one chunk's. Inside a chunk: ``sequential`` on CPU,
+                    ``associative`` elsewhere.
     ``auto``        the measured best for the platform, forward-only or trained
                     (``AUTO_BACKEND``, ``resolve_backend``).
 """
 
 import enum
+import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +53,7 @@ class ScanBackend(str, enum.Enum):
 
 # ``auto``: the measured best per (platform, differentiated?) (bench/benchmark.py; README
 # "Performance"). On CPU the plain lax.scan is fastest forward; under grad the chunked scan
-# is as fast and keeps a fraction of the memory. Unmeasured platforms get the chunked scan,
+# is faster than autodiff of it and keeps a fraction of the memory. Unmeasured platforms get the chunked scan,
 # whose chunks are associative scans there.
 AUTO_BACKEND = {("cpu", False): ScanBackend.SEQUENTIAL, ("cpu", True): ScanBackend.CHUNKED}
 AUTO_DEFAULT = ScanBackend.CHUNKED
@@ -77,17 +81,41 @@ def state_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _recurrence_sequential(h0, u, delta, A, B, C):
-  """(h_L, y) with y_t = C_t . h_t (no D skip), by a ``lax.scan`` over L; h0 (b, G, D, N)."""
+# Inside the module the time axis leads and the state index n comes next: h is
+# (N, b, G, D), a chunk of states (T, N, b, G, D), A (N, G, D), B and C (T, N, b, G). With
+# n leading, the sums over n (y = C . h and its adjoints) add whole (b, G, D) slabs, which
+# vectorise on CPU, where a trailing axis of 12-18 does not.
+
+
+def _sum_over_n(x, axis):
+  """x summed over its n ``axis`` as a chain of slice adds.
+
+  XLA:CPU fuses the chain, with whatever produced x, into one vectorised loop; its ``reduce``
+  over that axis runs several times slower (12x for the adjoint terms of SS2D's shapes).
+  """
+  slices = [jax.lax.index_in_dim(x, n, axis, keepdims=False) for n in range(x.shape[axis])]
+  return functools.reduce(operator.add, slices)
+
+
+def _decay(dt, A):
+  """exp(dt A): dt (..., b, G, D) and A (N, G, D) -> (..., N, b, G, D)."""
+  return jnp.exp(dt[..., None, :, :, :] * A[:, None])
+
+
+def _step(h, dt_t, A, p_t, q_t):
+  """One step h -> exp(dt_t A) h + q_t p_t: h (N, b, G, D), dt_t, p_t (b, G, D), q_t (N, b, G)."""
+  return _decay(dt_t, A) * h + p_t * q_t[..., None]
+
+
+def _outputs_sequential(h0, dt, A, p, B, C):
+  """(h_T, y) with y_t = C_t . h_t, by a ``lax.scan``; see ``_states`` for the shapes."""
 
   def step(h, inputs):
-    u_t, delta_t, B_t, C_t = inputs  # (b, G, D), (b, G, D), (b, G, N), (b, G, N)
-    h = jnp.exp(delta_t[..., None] * A) * h + (delta_t * u_t)[..., None] * B_t[:, :, None, :]
-    return h, jnp.einsum("bgdn,bgn->bgd", h, C_t)
+    dt_t, p_t, B_t, C_t = inputs  # (b, G, D), (b, G, D), (N, b, G), (N, b, G)
+    h = _step(h, dt_t, A, p_t, B_t)
+    return h, _sum_over_n(h * C_t[..., None], 0)
 
-  time_major = [jnp.moveaxis(x, 1, 0) for x in (u, delta, B, C)]
-  h_last, y = jax.lax.scan(step, h0, time_major)
-  return h_last, jnp.moveaxis(y, 0, 1)
+  return jax.lax.scan(step, h0, (dt, p, B, C))
 
 
 def _combine(left, right):
@@ -97,44 +125,136 @@ def _combine(left, right):
   return a_right * a_left, a_right * b_left + b_right
 
 
-def _recurrence_associative(h0, u, delta, A, B, C):
-  """(h_L, y) with y_t = C_t . h_t (no D skip), by ``lax.associative_scan`` over L."""
-  decay = jnp.exp(delta[..., None] * A)  # (b, L, G, D, N)
-  drive = (delta * u)[..., None] * B[:, :, :, None, :]
-  decay, h = jax.lax.associative_scan(_combine, (decay, drive), axis=1)
-  h = h + decay * h0[:, None]
-  return h[:, -1], jnp.einsum("blgdn,blgn->blgd", h, C)
+def _states(h0, dt, A, p, q, inner, reverse=False):
+  """Every state of h_t = exp(dt_t A) h_{t-1} + q_t p_t over a time-major sequence.
 
+  Args:
+    h0: (N, b, G, D) the state before the first step (after the last, if ``reverse``).
+    dt: (T, b, G, D) step sizes; A: (N, G, D).
+    p: (T, b, G, D) and q: (T, N, b, G), whose outer product drives the state.
+    inner: ``SEQUENTIAL`` (a ``lax.scan``) or ``ASSOCIATIVE`` (``lax.associative_scan``).
+    reverse: run from t = T down to 1 (the adjoint recurrence).
 
-def _recurrence_chunked(h0, u, delta, A, B, C, chunk, inner):
-  """(h_L, y) over chunks of ``chunk`` steps, each rematerialised in the backward pass.
-
-  The outer ``lax.scan`` carries the state across chunks, so under ``grad`` only the
-  chunk-boundary states (L / chunk of them) are kept; a chunk's inner residuals live
-  only while that chunk's gradient is computed. The sequence is padded with steps of
-  delta = 0 (decay 1, no input), which leave the state unchanged.
+  Returns:
+    (T, N, b, G, D) the states h_1 .. h_T.
   """
-  batch, length, groups, channels = u.shape
-  chunks = -(-length // chunk)
-  pad = chunks * chunk - length
+  if inner == ScanBackend.SEQUENTIAL:
 
-  def split(x):
-    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    return jnp.moveaxis(x.reshape(batch, chunks, chunk, *x.shape[2:]), 1, 0)
+    def step(h, inputs):
+      dt_t, p_t, q_t = inputs
+      h = _step(h, dt_t, A, p_t, q_t)
+      return h, h
 
-  @jax.checkpoint
-  def body(h, xs):
-    return _RECURRENCES[inner](h, *xs[:2], A, *xs[2:])
-
-  h_last, y = jax.lax.scan(body, h0, [split(x) for x in (u, delta, B, C)])
-  y = jnp.moveaxis(y, 0, 1).reshape(batch, chunks * chunk, groups, channels)
-  return h_last, y[:, :length]
+    return jax.lax.scan(step, h0, (dt, p, q), reverse=reverse)[1]
+  drive = p[:, None] * q[..., None]
+  decay, h = jax.lax.associative_scan(_combine, (_decay(dt, A), drive), axis=0,
+                                      reverse=reverse)
+  return h + decay * h0
 
 
-_RECURRENCES = {
-    ScanBackend.SEQUENTIAL: _recurrence_sequential,
-    ScanBackend.ASSOCIATIVE: _recurrence_associative,
+def _outputs_associative(h0, dt, A, p, B, C):
+  """(h_T, y) with y_t = C_t . h_t, by ``lax.associative_scan``."""
+  h = _states(h0, dt, A, p, B, ScanBackend.ASSOCIATIVE)
+  return h[-1], _sum_over_n(h * C[..., None], 1)
+
+
+_OUTPUTS = {
+    ScanBackend.SEQUENTIAL: _outputs_sequential,
+    ScanBackend.ASSOCIATIVE: _outputs_associative,
 }
+
+
+def _sum_over_d(x, v):
+  """sum_d x v: x (T, N, b, G, D), v (T, b, G, D) -> (T, N, b, G), as a batched dot."""
+  out = jax.lax.dot_general(x, v, (((4,), (3,)), ((0, 2, 3), (0, 1, 2))))  # (T, b, G, N)
+  return jnp.moveaxis(out, -1, 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _chunked(u, dt, A, B, C, inner):
+  """y_t = C_t . h_t over K chunks of T steps: u, dt (K, T, b, G, D), B, C (K, T, N, b, G).
+
+  Forward: a ``lax.scan`` over the chunks carries the state; each chunk runs ``inner``.
+  Backward (``_chunked_bwd``): Mamba's reverse pass, from the K chunk-start states only.
+  """
+  return _chunked_fwd(u, dt, A, B, C, inner)[0]
+
+
+def _chunked_fwd(u, dt, A, B, C, inner):
+  """y and the residuals: the inputs and the state at the start of every chunk."""
+
+  def chunk(h, inputs):
+    u_k, dt_k, B_k, C_k = inputs
+    h_last, y_k = _OUTPUTS[inner](h, dt_k, A, dt_k * u_k, B_k, C_k)
+    return h_last, (y_k, h)
+
+  h0 = jnp.zeros((A.shape[0], *u.shape[2:]), u.dtype)
+  _, (y, starts) = jax.lax.scan(chunk, h0, (u, dt, B, C))
+  return y, (u, dt, A, B, C, starts)
+
+
+def _adjoint_terms(lam, h, p, B, dt, A, axis):
+  """The per-step gradient terms from the states h and adjoints lam, n at ``axis``.
+
+  One step (``axis`` 0): lam, h (N, b, G, D), p, dt (b, G, D), B (N, b, G); a chunk
+  (``axis`` 1): the same with a leading T. With w = lam a_t h_{t-1} = lam (h - B p), returns
+  (dt w, to be summed into dA; dp = sum_n B lam; sum_n A w, dt's share through the decay).
+  """
+  spread = lambda x: jnp.expand_dims(x, axis)  # (..., b, G, D) -> (..., 1, b, G, D)
+  B = B[..., None]
+  w = lam * (h - spread(p) * B)
+  return w * spread(dt), _sum_over_n(lam * B, axis), _sum_over_n(w * A[:, None], axis)
+
+
+def _chunked_bwd(inner, residuals, dy):
+  """Gradients of u, dt, A, B, C from dy (K, T, b, G, D), chunk by chunk in reverse time.
+
+  With a_t = exp(dt_t A) and p_t = dt_t u_t, the adjoint state
+      lam_t = dL/dh_t = a_{t+1} lam_{t+1} + C_t dy_t
+  is the same recurrence run backwards. Per chunk, the states h_t are recomputed from the
+  chunk's start and lam_t run back from the next chunk's first lam; then, with
+  w_t = lam_t a_t h_{t-1} = lam_t (h_t - B_t p_t):
+      dp_t = sum_n B_t lam_t       du_t = dt_t dp_t       ddt_t = u_t dp_t + sum_n A w_t
+      dB_t = sum_d p_t lam_t       dC_t = sum_d dy_t h_t  dA = sum_{t, b} dt_t w_t
+  On CPU (``inner`` sequential) the per-step terms are formed inside the reverse loop while
+  lam_t is in cache; an associative ``inner`` forms them over the whole chunk at once.
+  """
+  u, dt, A, B, C, starts = residuals
+  num_chunks, length = dt.shape[:2]
+  # dt_{t+1} for every t, with dt = 0 (decay 1, multiplying lam = 0) after the last step.
+  dt_next = jnp.concatenate([dt.reshape(num_chunks * length, *dt.shape[2:])[1:],
+                             jnp.zeros_like(dt[0, :1])]).reshape(dt.shape)
+
+  def chunk(carry, inputs):
+    lam_next, dA = carry  # dA: (N, b, G, D), summed over b at the end
+    u_k, dt_k, dt_next_k, B_k, C_k, dy_k, h_start = inputs
+    p_k = dt_k * u_k
+    h = _states(h_start, dt_k, A, p_k, B_k, inner)
+    if inner == ScanBackend.SEQUENTIAL:
+
+      def step(carry, inputs):
+        lam, dA = carry
+        dt_next_t, dy_t, C_t, h_t, p_t, B_t, dt_t = inputs
+        lam = _step(lam, dt_next_t, A, dy_t, C_t)
+        dA_t, dp_t, decay_t = _adjoint_terms(lam, h_t, p_t, B_t, dt_t, A, 0)
+        return (lam, dA + dA_t), (lam, dp_t, decay_t)
+
+      (lam_first, dA), (lam, dp, decay) = jax.lax.scan(
+          step, (lam_next, dA), (dt_next_k, dy_k, C_k, h, p_k, B_k, dt_k), reverse=True)
+    else:
+      lam = _states(lam_next, dt_next_k, A, dy_k, C_k, inner, reverse=True)
+      dA_k, dp, decay = _adjoint_terms(lam, h, p_k, B_k, dt_k, A, 1)
+      lam_first, dA = lam[0], dA + jnp.sum(dA_k, axis=0)
+    grads = (dt_k * dp, u_k * dp + decay, _sum_over_d(lam, p_k), _sum_over_d(h, dy_k))
+    return (lam_first, dA), grads
+
+  zeros = jnp.zeros_like(starts[0])
+  (_, dA), (du, ddt, dB, dC) = jax.lax.scan(
+      chunk, (zeros, zeros), (u, dt, dt_next, B, C, dy, starts), reverse=True)
+  return du, ddt, jnp.sum(dA, axis=1), dB, dC
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", chunk=None):
@@ -159,10 +279,22 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
   u, delta, A, B, C, D, delta_bias = (
       x.astype(dtype) for x in (u, delta, A, B, C, D, delta_bias))
   delta = jax.nn.softplus(delta + delta_bias)
-  h0 = jnp.zeros((u.shape[0], *A.shape), dtype)
+  batch, length = u.shape[:2]
+  u_t, delta_t = (jnp.moveaxis(x, 1, 0) for x in (u, delta))     # (L, b, G, D)
+  B_t, C_t = (jnp.transpose(x, (1, 3, 0, 2)) for x in (B, C))    # (L, N, b, G)
+  A = jnp.moveaxis(A, -1, 0)                                     # (N, G, D)
   if backend == ScanBackend.CHUNKED:
+    chunk = min(chunk or DEFAULT_CHUNK, length)
+    chunks = -(-length // chunk)
+
+    def split(x):  # (L, ...) -> (chunks, chunk, ...), padded with zeros (dt = 0: no step)
+      x = jnp.pad(x, [(0, chunks * chunk - length)] + [(0, 0)] * (x.ndim - 1))
+      return x.reshape(chunks, chunk, *x.shape[1:])
+
     inner = CHUNK_INNER.get(jax.default_backend(), CHUNK_INNER_DEFAULT)
-    _, y = _recurrence_chunked(h0, u, delta, A, B, C, chunk or DEFAULT_CHUNK, inner)
+    y = _chunked(split(u_t), split(delta_t), A, split(B_t), split(C_t), inner)
+    y = y.reshape(chunks * chunk, *y.shape[2:])[:length]
   else:
-    _, y = _RECURRENCES[backend](h0, u, delta, A, B, C)
-  return y + D * u
+    h0 = jnp.zeros((A.shape[0], batch, *A.shape[1:]), dtype)
+    y = _OUTPUTS[backend](h0, delta_t, A, delta_t * u_t, B_t, C_t)[1]
+  return jnp.moveaxis(y, 0, 1) + D * u

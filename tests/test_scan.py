@@ -91,6 +91,53 @@ def test_chunked_carries_the_state_across_padded_chunks(monkeypatch, inner):
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-11, atol=1e-11)
 
 
+def relative_errors(grads, reference):
+  return [float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r))) for g, r in zip(grads, reference)]
+
+
+def all_gradients(backend, args, chunk=None):
+  """Gradients of sum(sin(y)) with respect to all seven inputs."""
+  loss = lambda *a: jnp.sum(jnp.sin(scan.selective_scan(*a, backend=backend, chunk=chunk)))
+  return jax.jit(jax.grad(loss, argnums=tuple(range(7))))(*args)
+
+
+# (batch, L, G, D, N, chunk): SS2D-like (4 directions, N = 12) and Cross SS2D-like (even L,
+# N = 18), each with L not a multiple of the chunk (a padded last chunk), and one chunk > L.
+VJP_CASES = [(2, 37, 4, 6, 12, 8), (3, 2 * 21, 4, 9, 18, 16), (1, 2 * 5, 4, 3, 18, 128)]
+
+
+@pytest.mark.parametrize("inner", [scan.ScanBackend.SEQUENTIAL, scan.ScanBackend.ASSOCIATIVE])
+@pytest.mark.parametrize("case", VJP_CASES)
+def test_chunked_vjp_matches_autodiff_float64(monkeypatch, inner, case):
+  monkeypatch.setitem(scan.CHUNK_INNER, jax.default_backend(), inner)
+  *shape, chunk = case
+  with jax.enable_x64(True):
+    args = random_inputs(jax.random.key(6), *shape, dtype=jnp.float64)
+    errors = relative_errors(all_gradients("chunked", args, chunk),
+                             all_gradients("sequential", args))
+  assert max(errors) < 1e-9, errors
+
+
+def test_chunked_vjp_matches_autodiff_float32():
+  args = random_inputs(jax.random.key(7), 2, 2 * 45, 4, 12, 18)
+  errors = relative_errors(all_gradients("chunked", args, 32), all_gradients("sequential", args))
+  assert max(errors) < 1e-4, errors
+
+
+def test_chunked_vjp_keeps_only_chunk_start_states():
+  """Under grad the residuals hold (L / chunk) states, not one per step (autodiff's L)."""
+  batch, length, groups, channels, state, chunk = 2, 2048, 4, 8, 12, 32
+  args = random_inputs(jax.random.key(8), batch, length, groups, channels, state)
+  state_bytes = batch * groups * channels * state * 4
+  temp = {}
+  for backend in ("sequential", "chunked"):
+    loss = lambda *a, b=backend: jnp.sum(scan.selective_scan(*a, backend=b, chunk=chunk))
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile()
+    temp[backend] = compiled.memory_analysis().temp_size_in_bytes
+  assert temp["sequential"] > length * state_bytes
+  assert temp["chunked"] < temp["sequential"] / 3, temp  # measured: 4.0 MB vs 18.4 MB
+
+
 def test_auto_resolves_per_platform_and_use():
   assert scan.resolve_backend("auto", "cpu") == scan.ScanBackend.SEQUENTIAL
   assert scan.resolve_backend("auto", "cpu", differentiated=True) == scan.ScanBackend.CHUNKED
