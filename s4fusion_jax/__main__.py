@@ -1,6 +1,8 @@
 """The package's command line: ``python -m s4fusion_jax COMMAND ...``.
 
     convert-reference IN OUT   a reference S4Fusion checkpoint (.pkl/.pth/.npz) -> orbax dir
+    export-reference CKPT OUT  an S4Fusion checkpoint dir -> the reference's state dict
+                               ({'model': ...} .pkl/.pth via torch, or .npz without torch)
     convert-resnet IN OUT      torchvision ResNet50 weights (.pth/.npz/.safetensors) -> orbax dir
     prepare DATASET DIR        build a TFDS dataset (msrs, roadscene, m3fd, tno, paired_folder)
                                from the user-downloaded folder DIR
@@ -25,6 +27,13 @@ def _convert_reference(args):
   model = reference.from_torch_state_dict(weights_io.read_state_dict(args.input))
   checkpoint.save_model(args.output, model, force=args.force)
   print(f"wrote {args.output}: {model.config}")
+
+
+def _export_reference(args):
+  from s4fusion_jax import checkpoint, reference, weights_io  # pylint: disable=import-outside-toplevel
+  model = checkpoint.load_model(args.checkpoint)
+  weights_io.write_state_dict(args.output, reference.to_torch_state_dict(model), force=args.force)
+  print(f"wrote {args.output}: the reference's MambaNet state dict for {model.config}")
 
 
 def _convert_resnet(args):
@@ -88,6 +97,14 @@ def main(argv=None):
     convert.add_argument("output", help="orbax checkpoint directory to write")
     convert.add_argument("--force", action="store_true", help="replace an existing output")
     convert.set_defaults(run=run)
+  export = commands.add_parser(
+      "export-reference", help="write a checkpoint as the PyTorch reference's state dict")
+  export.add_argument("checkpoint", help="S4Fusion checkpoint directory (e.g. the bundled "
+                      "s4fusion_jax/weights/s4fusion)")
+  export.add_argument("output", help="the file: .pkl/.pth/.pt ({'model': state_dict}, needs "
+                      "torch) or .npz")
+  export.add_argument("--force", action="store_true", help="replace an existing output")
+  export.set_defaults(run=_export_reference)
   prepare = commands.add_parser("prepare", help="build a TFDS dataset from a downloaded folder")
   prepare.add_argument("dataset", choices=("msrs", "roadscene", "m3fd", "tno", "paired_folder"))
   prepare.add_argument("manual_dir", help="the downloaded dataset's folder")

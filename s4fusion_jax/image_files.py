@@ -11,10 +11,11 @@ Writing is atomic: a temporary name in the same folder, then a rename.
 """
 
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
+
+from s4fusion_jax import atomic_files
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -61,25 +62,9 @@ def list_images(folder):
   return sorted(n for n in os.listdir(folder) if n.lower().endswith(EXTENSIONS))
 
 
-def _umask():
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
 def write_png(path, array):
   """Writes uint8 (H, W), (H, W, 1) or (H, W, 3) to ``path`` atomically."""
   array = np.asarray(array)
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      Image.fromarray(array).save(f, format="PNG")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  atomic_files.write(path, lambda f: Image.fromarray(array).save(f, format="PNG"), ".png")

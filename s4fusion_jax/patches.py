@@ -3,6 +3,7 @@
 All maps are channels-last (batch, H, W, C).
 """
 
+import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -88,9 +89,7 @@ class PatchExpand(nnx.Module):
     self.norm = layers.layer_norm(dim, **kw)
 
   def __call__(self, x):
-    batch, height, width, _ = x.shape
-    x = self.proj(x).reshape(batch, height, width, 2, 2, -1)
-    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, -1)
+    x = einops.rearrange(self.proj(x), "b h w (p1 p2 c) -> b (h p1) (w p2) c", p1=2, p2=2)
     return self.norm(x)
 
 
@@ -112,9 +111,9 @@ class FoldHead(nnx.Module):
 
   def unpatch(self, expanded):
     """The expansion (batch, h, w, C k^2) -> folded and projected (batch, H, W, out_channels)."""
-    batch, h, w, _ = expanded.shape
+    _, h, w, _ = expanded.shape
     k, s = self.kernel, self.stride
-    patches = expanded.reshape(batch, h, w, self.fold_channels, k, k)
+    patches = einops.rearrange(expanded, "b h w (c ki kj) -> b h w c ki kj", ki=k, kj=k)
     return self.conv(fold_overlap_add(patches, k, s, (s * (h - 1) + k, s * (w - 1) + k)))
 
   def __call__(self, x):

@@ -1,13 +1,15 @@
-"""Loading the PyTorch reference's weights (``MambaNet.state_dict()``) into ``S4Fusion``.
+"""The PyTorch reference's weights (``MambaNet.state_dict()``) into ``S4Fusion`` and back.
 
-    from s4fusion_jax.reference import from_torch_state_dict
+    from s4fusion_jax.reference import from_torch_state_dict, to_torch_state_dict
     model = from_torch_state_dict(state_dict, dtype=jnp.float32)
+    state_dict = to_torch_state_dict(model)      # names -> numpy arrays, the reference's layouts
 
 ``state_dict`` maps the reference's names (``vmunet.`` prefix) to arrays, or is the
 checkpoint dict the reference saves (``{'model': state_dict, ...}``). Every size is
 inferred from the shapes. Unknown, missing and mis-shaped names are reported
 together in one ``ValueError``. The reference's ``final_up.norm`` (a LayerNorm the
-forward pass never calls) is accepted and dropped.
+forward pass never calls) is accepted and dropped; export writes it back at the values
+the reference initialises it to (weight 1, bias 0).
 
 Layouts: Linear weights (out, in) become kernels (in, out); Conv2d (out, in, kh, kw)
 becomes (kh, kw, in, out); SS2D's stacked per-direction tensors become
@@ -50,6 +52,20 @@ def _per_direction_transposed(w):
 def _per_direction_rows(w):
   return w.reshape(directions.NUM_DIRECTIONS, w.shape[0] // directions.NUM_DIRECTIONS,
                    *w.shape[1:])
+
+
+def _stacked_rows(w):
+  return w.reshape(w.shape[0] * w.shape[1], *w.shape[2:])
+
+
+# Each layout's inverse: our arrays -> the reference's layout.
+_TO_REFERENCE = {
+    _linear: _linear,
+    _conv: lambda w: w.transpose(3, 2, 0, 1),
+    _same: _same,
+    _per_direction_transposed: _per_direction_transposed,
+    _per_direction_rows: _stacked_rows,
+}
 
 
 def _layer_norm(ours, theirs):
@@ -173,3 +189,32 @@ def from_torch_state_dict(state_dict, dtype=jnp.float32, **config_overrides) -> 
   model = nnx.eval_shape(lambda: model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
   return weights_io.load_into(model, name_table(config), sd, dtype, what="S4Fusion",
                               ignored=[PREFIX + n for n in IGNORED])
+
+
+def to_torch_state_dict(model: model_lib.S4Fusion, dtype=np.float32) -> dict:
+  """The reference's ``MambaNet.state_dict()`` holding ``model``'s weights.
+
+  Args:
+    model: an ``S4Fusion`` of any sizes (the names and shapes carry them).
+    dtype: the arrays' dtype (the reference's parameters are float32).
+
+  Returns:
+    reference names -> numpy arrays in the reference's layouts, with ``final_up.norm`` (unused
+    by the reference's forward pass) at its initial values.
+
+  Raises:
+    ValueError: ``model`` has parameters the reference's ``MambaNet`` has no place for.
+  """
+  flat = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model))}
+  table = name_table(model.config)
+  unplaced = sorted(set(flat) - {ours for ours, _, _ in table})
+  if unplaced:
+    raise ValueError(f"the reference's MambaNet has no parameter for {len(unplaced)} of this "
+                     f"model's: {['.'.join(map(str, p)) for p in unplaced[:5]]}; it is not an "
+                     f"S4Fusion the reference can run")
+  state_dict = {theirs: np.asarray(_TO_REFERENCE[to_ours](np.asarray(flat[ours])), dtype)
+                for ours, theirs, to_ours in table}
+  channels = model.head.fold_channels
+  weight, bias = (PREFIX + name for name in IGNORED)
+  state_dict[weight], state_dict[bias] = np.ones(channels, dtype), np.zeros(channels, dtype)
+  return state_dict

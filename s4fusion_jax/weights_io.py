@@ -1,10 +1,12 @@
-"""Reading PyTorch-layout weight files into ``{name: numpy array}``.
+"""Reading and writing PyTorch-layout weight files as ``{name: numpy array}``.
 
 Formats, by file suffix:
   ``.npz``                 numpy archive, names as keys (no extra dependency);
   ``.safetensors``         read directly (a JSON header and raw little-endian buffers);
-  ``.pth`` ``.pt`` ``.pkl`` ``torch.load(..., weights_only=True)`` when torch is installed.
-Nothing is ever downloaded.
+  ``.pth`` ``.pt`` ``.pkl`` ``torch.load(..., weights_only=True)`` when torch is installed;
+                           written as ``{'model': state_dict}``, the dict the reference saves.
+Writing (``.npz``, ``.pth``/``.pt``/``.pkl``) goes to a temporary file that is renamed
+into place. Nothing is ever downloaded.
 """
 
 import json
@@ -13,6 +15,8 @@ import struct
 import zipfile
 
 import numpy as np
+
+from s4fusion_jax import atomic_files
 
 _SAFETENSORS_DTYPES = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
@@ -42,14 +46,19 @@ def _read_safetensors(path):
   return out
 
 
-def _read_torch(path):
+def _import_torch(path, doing):
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise ImportError(
-        f"reading {path} needs PyTorch (pip install torch); or convert it to .npz on a "
-        "machine that has torch: np.savez(out, **{k: v.numpy() for k, v in sd.items()})"
+        f"{doing} {path} needs PyTorch (pip install torch); or use .npz, which needs no torch "
+        "(np.savez(out, **{k: v.numpy() for k, v in sd.items()}) on a machine that has it)"
     ) from None
+  return torch
+
+
+def _read_torch(path):
+  torch = _import_torch(path, "reading")
   loaded = torch.load(path, map_location="cpu", weights_only=True)
   if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
     loaded = loaded["model"]
@@ -57,6 +66,17 @@ def _read_torch(path):
           for k, v in loaded.items() if isinstance(v, torch.Tensor)}
 
 
+def _write_npz(file, state_dict, _):
+  np.savez(file, **state_dict)
+
+
+def _write_torch(file, state_dict, path):
+  torch = _import_torch(path, "writing")
+  torch.save({"model": {k: torch.from_numpy(np.array(v))
+                        for k, v in state_dict.items()}}, file)
+
+
+_WRITERS = {".npz": _write_npz, ".pth": _write_torch, ".pt": _write_torch, ".pkl": _write_torch}
 _READERS = {".npz": _read_npz, ".safetensors": _read_safetensors, ".pth": _read_torch,
             ".pt": _read_torch, ".pkl": _read_torch}
 
@@ -123,3 +143,18 @@ def load_into(abstract, table, state_dict, dtype, *, what, ignored=()):
     raise ValueError(f"{len(problems)} problem(s) in the {what} state dict:\n  "
                      + "\n  ".join(problems))
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def write_state_dict(path, state_dict, *, force=False):
+  """Writes ``{name: numpy array}`` to ``path`` (by suffix, see the module docstring).
+
+  Raises FileExistsError if ``path`` exists and not ``force``; an existing file is only
+  replaced once the new one is completely written.
+  """
+  path = os.path.abspath(os.fspath(path))
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix not in _WRITERS:
+    raise ValueError(f"{path}: cannot write weights as {suffix!r}; use one of {sorted(_WRITERS)}")
+  if os.path.exists(path) and not force:
+    raise FileExistsError(f"{path} exists (use --force to replace it)")
+  atomic_files.write(path, lambda f: _WRITERS[suffix](f, state_dict, path), suffix)
