@@ -53,8 +53,8 @@ class ScanBackend(str, enum.Enum):
 
 # ``auto``: the measured best per (platform, differentiated?) (bench/benchmark.py; README
 # "Performance"). On CPU the plain lax.scan is fastest forward; under grad the chunked scan
-# is faster than autodiff of it and keeps a fraction of the memory. Unmeasured platforms get the chunked scan,
-# whose chunks are associative scans there.
+# is faster than autodiff of it and keeps a fraction of the memory. Unmeasured platforms get
+# the chunked scan, whose chunks are associative scans there.
 AUTO_BACKEND = {("cpu", False): ScanBackend.SEQUENTIAL, ("cpu", True): ScanBackend.CHUNKED}
 AUTO_DEFAULT = ScanBackend.CHUNKED
 # Inside a chunk, the faster form on the platform.
@@ -91,7 +91,7 @@ def _sum_over_n(x, axis):
   """x summed over its n ``axis`` as a chain of slice adds.
 
   XLA:CPU fuses the chain, with whatever produced x, into one vectorised loop; its ``reduce``
-  over that axis runs several times slower (12x for the adjoint terms of SS2D's shapes).
+  over that axis ran 10-15x slower for the adjoint terms at SS2D's shapes.
   """
   slices = [jax.lax.index_in_dim(x, n, axis, keepdims=False) for n in range(x.shape[axis])]
   return functools.reduce(operator.add, slices)
