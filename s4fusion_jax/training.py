@@ -214,11 +214,20 @@ def _restore(manager, state, data_iterator):
                        step=restored["train"]["step"], rng=restored["train"]["rng"])
 
 
-def _check_finite(metrics, step):
-  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-  if bad:
-    raise NonFiniteLoss(f"non-finite {', '.join(bad)} at step {step}; the last good checkpoint "
-                        "is kept in the workdir")
+def _fetch_checked(pending):
+  """The host values of ``pending`` [(step, metrics on the device)], oldest first.
+
+  Raises ``NonFiniteLoss`` naming the first step with a NaN or Inf and its terms.
+  """
+  fetched = []
+  for step, metrics in jax.device_get(pending):
+    metrics = {k: float(v) for k, v in metrics.items()}
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+      raise NonFiniteLoss(f"non-finite {', '.join(bad)} at step {step}; the last good "
+                          "checkpoint is kept in the workdir")
+    fetched.append(metrics)
+  return fetched
 
 
 class _JsonLog:
@@ -300,28 +309,37 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
   if progress:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=config.num_steps, initial=start_step, desc="train", dynamic_ncols=True)
-  tick = time.perf_counter()
+  # Metrics stay on the device until a step that logs, validates or saves: then the steps
+  # since the last fetch are fetched together and checked, so no saved state holds a NaN and
+  # the host does not wait for the device on the other steps.
+  pending, tick = [], time.perf_counter()
   for step in range(start_step, config.num_steps):
     batch = next(data_iterator)
     batch = jax.make_array_from_process_local_data(sharded, {k: batch[k] for k in ("ir", "vi")})
-    new_state, metrics = train_step(state, batch, resnet_state)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    _check_finite(metrics, step + 1)
-    state = new_state
+    state, metrics = train_step(state, batch, resnet_state)
     done = step + 1
-    now = time.perf_counter()
-    metrics["images_per_s"] = config.batch_size / (now - tick)
-    tick = now
+    pending.append((done, metrics))
     if bar is not None:
       bar.update(1)
+    last = done == config.num_steps
+    log_now = done % config.log_every == 0 or last
+    eval_now = validation is not None and (done % config.eval_every == 0 or last)
+    save_now = done % config.checkpoint_every == 0 or last
+    if not (log_now or eval_now or save_now):
+      continue
+    metrics = _fetch_checked(pending)[-1]
+    metrics["images_per_s"] = config.batch_size * len(pending) / (time.perf_counter() - tick)
+    pending = []
+    if bar is not None:
       bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.1f}")
-    if done % config.log_every == 0 or done == config.num_steps:
+    if log_now:
       log.write({"step": done, **metrics})
-    if validation is not None and (done % config.eval_every == 0 or done == config.num_steps):
+    if eval_now:
       record = validation.run(nnx.merge(graphdef, state.params), done)
       log.write({"step": done, **record})
-    if done % config.checkpoint_every == 0 or done == config.num_steps:
+    if save_now:
       _save(manager, state, data_iterator, model_config)
+    tick = time.perf_counter()  # images/s counts training steps only
   if bar is not None:
     bar.close()
   manager.close()

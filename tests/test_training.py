@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -119,6 +120,16 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_term(tmp_path):
   assert proc.returncode == 2
   assert re.search(r"non-finite .*\bloss\b.* at step 1;", proc.stderr), proc.stderr[-500:]
   assert not (tmp_path / "checkpoints" / "1").exists()
+
+
+def test_deferred_metrics_name_the_first_bad_step():
+  pending = [(5, {"loss": jnp.float32(1.0), "loss_l1": jnp.float32(0.5)}),
+             (6, {"loss": jnp.float32(np.inf), "loss_l1": jnp.float32(np.nan)}),
+             (7, {"loss": jnp.float32(np.nan), "loss_l1": jnp.float32(np.nan)})]
+  with pytest.raises(training.NonFiniteLoss, match=r"non-finite loss, loss_l1 at step 6;"):
+    training._fetch_checked(pending)  # pylint: disable=protected-access
+  fetched = training._fetch_checked(pending[:1])  # pylint: disable=protected-access
+  assert fetched == [{"loss": 1.0, "loss_l1": 0.5}]
 
 
 def test_batch_must_split_over_devices_and_micro_batches():
