@@ -31,6 +31,7 @@ def _convert_reference(args):
 
 def _export_reference(args):
   from s4fusion_jax import checkpoint, reference, weights_io  # pylint: disable=import-outside-toplevel
+  weights_io.check_target(args.output, force=args.force)  # before the model is loaded
   model = checkpoint.load_model(args.checkpoint)
   weights_io.write_state_dict(args.output, reference.to_torch_state_dict(model), force=args.force)
   print(f"wrote {args.output}: the reference's MambaNet state dict for {model.config}")

@@ -145,11 +145,10 @@ def load_into(abstract, table, state_dict, dtype, *, what, ignored=()):
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def write_state_dict(path, state_dict, *, force=False):
-  """Writes ``{name: numpy array}`` to ``path`` (by suffix, see the module docstring).
+def check_target(path, *, force=False):
+  """The absolute ``path`` if weights can be written there (a known suffix; no file, or ``force``).
 
-  Raises FileExistsError if ``path`` exists and not ``force``; an existing file is only
-  replaced once the new one is completely written.
+  Raises ValueError for an unknown suffix, FileExistsError for an existing file without ``force``.
   """
   path = os.path.abspath(os.fspath(path))
   suffix = os.path.splitext(path)[1].lower()
@@ -157,4 +156,14 @@ def write_state_dict(path, state_dict, *, force=False):
     raise ValueError(f"{path}: cannot write weights as {suffix!r}; use one of {sorted(_WRITERS)}")
   if os.path.exists(path) and not force:
     raise FileExistsError(f"{path} exists (use --force to replace it)")
+  return path
+
+
+def write_state_dict(path, state_dict, *, force=False):
+  """Writes ``{name: numpy array}`` to ``path`` (by suffix, see the module docstring).
+
+  Raises as ``check_target``; an existing file is only replaced once the new one is complete.
+  """
+  path = check_target(path, force=force)
+  suffix = os.path.splitext(path)[1].lower()
   atomic_files.write(path, lambda f: _WRITERS[suffix](f, state_dict, path), suffix)
