@@ -19,7 +19,10 @@ def get_config():
       depths_decoder=(1, 2, 1),
       d_state=12,
       fusion_d_state=18,
-      fusion_blocks=3,  # CMSA blocks per scale
+      fusion_blocks=3,  # CMSA blocks per scale (layers of an ablation's fusion)
+      fusion="cmsa",  # or an ablation of the paper's Table 3: configs/ablations.py
+      patch_mark=True,  # CMSA's Patch Mark (False: the "w/o PM" ablation)
+      fusion_heads=8,  # heads of the "cross_attention" ablation
       expand=1.5,
       patch_kernel=4,
       patch_stride=3,

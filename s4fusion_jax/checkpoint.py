@@ -71,6 +71,8 @@ def read_model_config(path, **overrides) -> model_lib.ModelConfig:
 def load_model(path, **overrides) -> model_lib.S4Fusion:
   """Loads a model saved by ``save_model`` (or a training checkpoint step directory).
 
+  The model is in inference mode (``model.eval()``).
+
   Args:
     path: the checkpoint directory.
     **overrides: ``ModelConfig`` fields to change, e.g. ``scan_backend`` or ``dtype``;
@@ -78,7 +80,9 @@ def load_model(path, **overrides) -> model_lib.S4Fusion:
   """
   config = read_model_config(path, **overrides)
   abstract = nnx.eval_shape(lambda: model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
-  return restore_module(path, abstract)
+  model = restore_module(path, abstract)
+  model.eval()  # BatchNorm (the "cnn" ablation) on its running statistics; model.train() undoes
+  return model
 
 
 RESNET_HELP = (

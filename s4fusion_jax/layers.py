@@ -1,4 +1,4 @@
-"""Linear, convolution and LayerNorm layers initialised as the reference initialises them.
+"""Linear, convolution, LayerNorm and BatchNorm layers initialised as the reference initialises them.
 
 The reference (``VSSM._init_weights``) gives every ``nn.Linear`` a normal(0, 0.02)
 weight (timm's ``trunc_normal_`` with bounds at +-2, i.e. +-100 sigma) and a zero
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-LAYER_NORM_EPS = 1e-5
+NORM_EPS = 1e-5  # PyTorch's default for LayerNorm and BatchNorm
 linear_init = nnx.initializers.normal(stddev=0.02)
 
 
@@ -36,18 +36,29 @@ def linear(in_features, out_features, *, rngs, dtype=None, param_dtype=jnp.float
 
 
 def conv(in_features, out_features, kernel_size, *, rngs, stride=1, padding="VALID",
-         groups=1, dtype=None, param_dtype=jnp.float32):
-  """``nn.Conv2d`` with bias and PyTorch's default initialisation; kernel (kh, kw, in/groups, out)."""
+         groups=1, use_bias=True, dtype=None, param_dtype=jnp.float32):
+  """``nn.Conv2d`` with PyTorch's default initialisation; kernel (kh, kw, in/groups, out)."""
   fan_in = (in_features // groups) * kernel_size * kernel_size
   return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
-                  padding=padding, feature_group_count=groups,
+                  padding=padding, feature_group_count=groups, use_bias=use_bias,
                   kernel_init=fan_in_uniform(fan_in), bias_init=fan_in_uniform(fan_in),
                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
+def batch_norm(num_features, *, rngs, dtype=None, param_dtype=jnp.float32):
+  """``nn.BatchNorm2d(num_features)``, starting in training mode (batch statistics).
+
+  PyTorch's momentum 0.1 is flax's 0.9. The running variance is updated with the biased
+  batch variance (PyTorch uses the unbiased one: a factor n / (n - 1), n = batch x H x W).
+  ``module.eval()`` switches to the running statistics.
+  """
+  return nnx.BatchNorm(num_features, use_running_average=False, momentum=0.9, epsilon=NORM_EPS,
+                       use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
 def layer_norm(num_features, *, rngs, dtype=None, param_dtype=jnp.float32):
   """``nn.LayerNorm(num_features)`` (eps 1e-5, two-pass variance)."""
-  return nnx.LayerNorm(num_features, epsilon=LAYER_NORM_EPS, use_fast_variance=False,
+  return nnx.LayerNorm(num_features, epsilon=NORM_EPS, use_fast_variance=False,
                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 

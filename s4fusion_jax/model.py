@@ -20,11 +20,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from s4fusion_jax import cmsa
+from s4fusion_jax import fusion_variants
 from s4fusion_jax import layers
 from s4fusion_jax import patches
 from s4fusion_jax import scan
 from s4fusion_jax import sizes
 from s4fusion_jax import ss2d
+
+
+FUSIONS = ("cmsa",) + fusion_variants.NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,10 @@ class ModelConfig:
   d_state: int = 12
   fusion_d_state: int = 18
   fusion_blocks: int = 3
+  # The fusion module: "cmsa" (S4Fusion) or one of the paper's ablations (fusion_variants).
+  fusion: str = "cmsa"
+  patch_mark: bool = True  # CMSA's Patch Mark; False is the paper's "w/o PM" ablation
+  fusion_heads: int = 8  # heads of the "cross_attention" ablation
   expand: float = 1.5
   patch_kernel: int = 4
   patch_stride: int = 3
@@ -62,6 +70,12 @@ class ModelConfig:
                       f"{[b.value for b in scan.ScanBackend]}")
     if self.fusion_blocks < 1 or self.d_state < 1 or self.fusion_d_state < 1:
       problems.append("fusion_blocks, d_state and fusion_d_state must be positive")
+    if self.fusion not in FUSIONS:
+      problems.append(f"fusion {self.fusion!r} is not one of {list(FUSIONS)}")
+    if not self.patch_mark and self.fusion != "cmsa":
+      problems.append(f"patch_mark=False is a CMSA option; fusion {self.fusion!r} has no mark")
+    if self.fusion == "cross_attention" and any(d % self.fusion_heads for d in self.dims):
+      problems.append(f"dims {self.dims} must be multiples of fusion_heads {self.fusion_heads}")
     if problems:
       raise ValueError("invalid S4Fusion config: " + "; ".join(problems))
 
@@ -72,6 +86,16 @@ class ModelConfig:
   def size_rule(self):
     """(kernel, stride, levels) for the functions of ``sizes``."""
     return self.patch_kernel, self.patch_stride, self.levels
+
+
+def _fusion_layer(config, dim, *, rngs, **kw):
+  """The fusion module of ``config.fusion`` for one scale (maps of width ``dim``)."""
+  if config.fusion == "cmsa":
+    return cmsa.FusionLayer(dim, config.fusion_d_state, config.fusion_blocks, rngs=rngs,
+                            patch_mark=config.patch_mark, **kw)
+  return fusion_variants.build(config.fusion, dim, d_state=config.fusion_d_state,
+                               num_blocks=config.fusion_blocks, heads=config.fusion_heads,
+                               rngs=rngs, **kw)
 
 
 class EncoderStage(nnx.Module):
@@ -127,9 +151,7 @@ class S4Fusion(nnx.Module):
     self.encoder_ir, self.encoder_vi = (nnx.List([
         EncoderStage(dims[i], config.depths[i], config.d_state, i < levels - 1, rngs=rngs, **kw)
         for i in range(levels)]) for _ in range(2))
-    self.fusion = nnx.List([
-        cmsa.FusionLayer(dims[i], config.fusion_d_state, config.fusion_blocks, rngs=rngs, **kw)
-        for i in range(levels)])
+    self.fusion = nnx.List([_fusion_layer(config, dims[i], rngs=rngs, **kw) for i in range(levels)])
     self.decoder = nnx.List([
         DecoderStage(dims[levels - 1 - j], config.depths_decoder[j], config.d_state, j > 0,
                      rngs=rngs, **kw) for j in range(levels)])

@@ -203,8 +203,13 @@ def to_torch_state_dict(model: model_lib.S4Fusion, dtype=np.float32) -> dict:
     by the reference's forward pass) at its initial values.
 
   Raises:
-    ValueError: ``model`` has parameters the reference's ``MambaNet`` has no place for.
+    ValueError: ``model`` is an ablation variant, or has parameters the reference's
+      ``MambaNet`` has no place for.
   """
+  if model.config.fusion != "cmsa" or not model.config.patch_mark:
+    raise ValueError(f"only S4Fusion itself exports to the reference's MambaNet; this model is "
+                     f"the ablation fusion={model.config.fusion!r}, patch_mark="
+                     f"{model.config.patch_mark}, which the reference keeps in other classes")
   flat = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model))}
   table = name_table(model.config)
   unplaced = sorted(set(flat) - {ours for ours, _, _ in table})

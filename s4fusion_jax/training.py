@@ -42,7 +42,8 @@ class NonFiniteLoss(RuntimeError):
 @struct.dataclass
 class TrainState:
   step: jax.Array
-  params: dict
+  params: dict  # the model's ``nnx.Param`` values, a pure dict
+  model_state: dict  # its other variables (BatchNorm statistics); {} for S4Fusion itself
   opt_state: optax.OptState
   rng: jax.Array  # uint32 key data: the run's seed material
 
@@ -103,23 +104,42 @@ def train_model_config(config) -> model_lib.ModelConfig:
       model_config.scan_backend, differentiated=True).value)
 
 
+def _split(model):
+  """(graphdef, params, model_state): the ``nnx.Param`` values and the other variables."""
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
+
+
+def _all_variables(graphdef, params, model_state):
+  """The model's whole state as one pure dict, as module checkpoints hold it."""
+  return nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, params, model_state)))
+
+
+def model_of(graphdef, state):
+  """The model held by a ``TrainState``, in inference mode (BatchNorm on running statistics)."""
+  model = nnx.merge(graphdef, state.params, state.model_state)
+  model.eval()
+  return model
+
+
 def create_train_state(config, tx, init_from=None):
   """(graphdef, state): a new model (or ``init_from``'s weights) and a fresh optimizer."""
   model_config = train_model_config(config)
   if init_from:
     stored = checkpoint.read_model_config(init_from)
     sizes = lambda c: (c.dims, c.depths, c.depths_decoder, c.d_state, c.fusion_d_state,
-                       c.fusion_blocks, c.expand)
+                       c.fusion_blocks, c.expand, c.fusion, c.patch_mark, c.fusion_heads)
     if sizes(stored) != sizes(model_config):
       raise ValueError(f"--init_from {init_from} holds a model of other sizes ({stored}) than "
                        f"the config ({model_config})")
     model = checkpoint.load_model(init_from, **{
         f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)})
+    model.train()
   else:
     model = model_lib.S4Fusion(model_config, rngs=nnx.Rngs(config.seed))
-  graphdef, params = nnx.split(model)
-  params = nnx.to_pure_dict(params)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+  graphdef, params, model_state = _split(model)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                     opt_state=tx.init(params),
                      rng=jax.random.key_data(jax.random.key(config.seed)))
   return graphdef, state
 
@@ -130,39 +150,48 @@ def make_train_step(graphdef, resnet_graphdef, tx, schedule, loss_config, microb
   With ``microbatches`` = k > 1 the batch is cut into k interleaved micro-batches
   (rows j, j + k, ...: each stays on its device) whose gradients are averaged in a
   ``lax.scan``: the same gradient as the whole batch (every loss term is a batch mean of
-  per-sample terms), with about 1/k of the activation memory.
+  per-sample terms), with about 1/k of the activation memory. The model runs in training
+  mode: BatchNorm statistics (the "cnn" ablation) come from each (micro-)batch and their
+  running averages are carried in ``state.model_state``.
   """
 
-  def grads_and_metrics(params, batch, resnet):
+  def grads_and_metrics(params, model_state, batch, resnet):
     def loss_fn(params):
-      model = nnx.merge(graphdef, params)
+      model = nnx.merge(graphdef, params, model_state)
       fused = model(batch["ir"], batch["vi"])
-      return losses.objective(batch["ir"], batch["vi"], fused, loss_config, resnet)
+      loss, terms = losses.objective(batch["ir"], batch["vi"], fused, loss_config, resnet)
+      return loss, (terms, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
 
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return grads, {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()}}
+    (loss, (terms, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()}}, model_state
 
   def train_step(state, batch, resnet_state):
     resnet = nnx.merge(resnet_graphdef, resnet_state) if resnet_graphdef is not None else None
     if microbatches == 1:
-      grads, metrics = grads_and_metrics(state.params, batch, resnet)
+      grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch,
+                                                      resnet)
     else:
       split = lambda x: jnp.swapaxes(x.reshape(x.shape[0] // microbatches, microbatches,
                                                *x.shape[1:]), 0, 1)
 
-      def accumulate(total, micro):
-        grads, metrics = grads_and_metrics(state.params, micro, resnet)
-        return jax.tree.map(jnp.add, total, (grads, metrics)), None
+      def accumulate(carry, micro):
+        total, model_state = carry
+        grads, metrics, model_state = grads_and_metrics(state.params, model_state, micro, resnet)
+        return (jax.tree.map(jnp.add, total, (grads, metrics)), model_state), None
 
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          grads_and_metrics, state.params, jax.tree.map(lambda x: split(x)[0], batch), resnet))
-      total, _ = jax.lax.scan(accumulate, zeros, jax.tree.map(split, batch))
+      grads_shape, metrics_shape, _ = jax.eval_shape(
+          grads_and_metrics, state.params, state.model_state,
+          jax.tree.map(lambda x: split(x)[0], batch), resnet)
+      zeros = jax.tree.map(jnp.zeros_like, (grads_shape, metrics_shape))
+      (total, model_state), _ = jax.lax.scan(accumulate, (zeros, state.model_state),
+                                             jax.tree.map(split, batch))
       grads, metrics = jax.tree.map(lambda x: x / microbatches, total)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(lr=schedule(state.step), grad_norm=optax.tree.norm(grads),
                    param_norm=optax.tree.norm(params), update_norm=optax.tree.norm(updates))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, model_state=model_state,
+                         opt_state=opt_state), metrics
 
   return train_step
 
@@ -189,10 +218,11 @@ def _checkpoint_manager(workdir, config):
       item_names=(checkpoint.PARAMS, checkpoint.METADATA, "opt_state", "train", "data"))
 
 
-def _save(manager, state, data_iterator, model_config):
+def _save(manager, graphdef, state, data_iterator, model_config):
   step = int(state.step)
   manager.save(step, args=ocp.args.Composite(**{
-      checkpoint.PARAMS: ocp.args.StandardSave(state.params),
+      checkpoint.PARAMS: ocp.args.StandardSave(
+          _all_variables(graphdef, state.params, state.model_state)),
       checkpoint.METADATA: ocp.args.JsonSave(dataclasses.asdict(model_config)),
       "opt_state": ocp.args.StandardSave(state.opt_state),
       "train": ocp.args.StandardSave({"step": state.step, "rng": state.rng}),
@@ -201,16 +231,19 @@ def _save(manager, state, data_iterator, model_config):
   manager.wait_until_finished()
 
 
-def _restore(manager, state, data_iterator):
+def _restore(manager, graphdef, state, data_iterator):
   step = manager.latest_step()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  variables = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                           _all_variables(graphdef, state.params, state.model_state))
   restored = manager.restore(step, args=ocp.args.Composite(**{
-      checkpoint.PARAMS: ocp.args.StandardRestore(abstract.params),
+      checkpoint.PARAMS: ocp.args.StandardRestore(variables),
       "opt_state": ocp.args.StandardRestore(abstract.opt_state),
       "train": ocp.args.StandardRestore({"step": abstract.step, "rng": abstract.rng}),
       "data": grain.checkpoint.CheckpointRestore(data_iterator),
   }))
-  return state.replace(params=restored[checkpoint.PARAMS], opt_state=restored["opt_state"],
+  _, params, model_state = _split(nnx.merge(graphdef, restored[checkpoint.PARAMS]))
+  return state.replace(params=params, model_state=model_state, opt_state=restored["opt_state"],
                        step=restored["train"]["step"], rng=restored["train"]["rng"])
 
 
@@ -266,7 +299,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
   """Trains under ``config`` in ``workdir``, resuming from its latest checkpoint if any.
 
   Returns:
-    (graphdef, final ``TrainState``): ``nnx.merge(graphdef, state.params)`` is the model.
+    (graphdef, final ``TrainState``): ``model_of(graphdef, state)`` is the trained model.
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh()
@@ -292,7 +325,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
 
   manager = _checkpoint_manager(workdir, config)
   if manager.latest_step() is not None:
-    state = _restore(manager, state, data_iterator)
+    state = _restore(manager, graphdef, state, data_iterator)
     print(f"resumed from step {int(state.step)} in {workdir}")
   state = jax.device_put(state, replicated)
 
@@ -335,10 +368,10 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
     if log_now:
       log.write({"step": done, **metrics})
     if eval_now:
-      record = validation.run(nnx.merge(graphdef, state.params), done)
+      record = validation.run(model_of(graphdef, state), done)
       log.write({"step": done, **record})
     if save_now:
-      _save(manager, state, data_iterator, model_config)
+      _save(manager, graphdef, state, data_iterator, model_config)
     tick = time.perf_counter()  # images/s counts training steps only
   if bar is not None:
     bar.close()
