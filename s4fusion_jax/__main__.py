@@ -10,12 +10,15 @@
                                max, and copying either source), write the fused images,
                                samples and a comparison table
     plot WORKDIR               draw a training run's logged curves to WORKDIR/curves.png
+    ablate                     train the paper's ablation variants (configs/ablations.py) alike
+                               on --train, evaluate each on --test, write one table and chart
     fuse                       fuse one pair (--ir --vi --out) or two folders (--ir --vi
                                --out as folders) with a model (--checkpoint, default the
                                bundled one) or a baseline (--method, one of baselines.METHODS)
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -84,6 +87,40 @@ def _demo(args):
   print(f"fused images, samples.png and metrics in {args.out}/<method>/")
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_config_module(path):
+  """Imports a config file (e.g. configs/ablations.py) with the checkout on the import path."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no config file {path}")
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  spec = importlib.util.spec_from_file_location("ablation_configs", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _ablate(args):
+  from s4fusion_jax import ablation  # pylint: disable=import-outside-toplevel
+  for folder in (args.train, args.test):
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"no folder {folder} (expected ir/ and vi/ inside)")
+  module = _load_config_module(args.config)
+  names = args.variants or list(module.VARIANTS)
+  unknown = [n for n in names if n not in module.VARIANTS]
+  if unknown:
+    raise ValueError(f"unknown variants {unknown}; {args.config} has {list(module.VARIANTS)}")
+  configs = {n: ablation.short_budget(
+      module.get_config(n), args.train, args.workdir, steps=args.steps,
+      batch_size=args.batch_size, crop_size=args.crop_size, resnet_weights=args.resnet_weights)
+             for n in names}
+  print(ablation.run(configs, args.test, args.workdir, with_perceptual=bool(args.resnet_weights),
+                     progress=args.progress))
+  print(f"table, chart and each variant's run in {args.workdir}")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m s4fusion_jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,6 +169,20 @@ def main(argv=None):
   demo.add_argument("--data", help="a folder with ir/ and vi/ (default: TNO)")
   demo.add_argument("--checkpoint", help="a model checkpoint (default: the bundled one)")
   demo.set_defaults(run=_demo)
+  ablate = commands.add_parser("ablate", help="train and compare the paper's ablation variants")
+  ablate.add_argument("--train", required=True, help="training pairs: a folder with ir/ and vi/")
+  ablate.add_argument("--test", required=True, help="test pairs: a folder with ir/ and vi/")
+  ablate.add_argument("--workdir", required=True, help="runs, results, table and chart")
+  ablate.add_argument("--variants", nargs="+", help="variant names (default: all of --config)")
+  ablate.add_argument("--steps", type=int, default=300, help="training steps per variant")
+  ablate.add_argument("--batch_size", type=int, default=8)
+  ablate.add_argument("--crop_size", type=int, default=61,
+                      help="training crop side (the size rule: 12k + 1)")
+  ablate.add_argument("--resnet_weights", help="ResNet50 weights: L_per on (no_per differs)")
+  ablate.add_argument("--config", default=os.path.join(REPO, "configs", "ablations.py"),
+                      help="the variants' configs (VARIANTS and get_config(name))")
+  ablate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+  ablate.set_defaults(run=_ablate)
   args = parser.parse_args(argv)
   try:
     args.run(args)

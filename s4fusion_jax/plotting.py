@@ -1,4 +1,4 @@
-"""Plots the curves a training run logged (WORKDIR/metrics.jsonl) to one PNG, with PIL only.
+"""Plots with PIL only: a training run's logged curves, and bar charts of results.
 
     python -m s4fusion_jax plot WORKDIR      # -> WORKDIR/curves.png
 """
@@ -56,15 +56,53 @@ def _panel(name, steps, values):
   return np.asarray(image)
 
 
+def _write_grid(panels, out):
+  """Writes equal-sized panels, COLUMNS to a row, as one PNG; returns ``out``."""
+  blank = np.full_like(panels[0], 255)
+  panels = panels + [blank] * (-len(panels) % COLUMNS)
+  rows = [np.concatenate(panels[i:i + COLUMNS], axis=1) for i in range(0, len(panels), COLUMNS)]
+  image_files.write_png(out, np.concatenate(rows, axis=0))
+  return out
+
+
 def plot(workdir, out=None):
   """Draws every logged series of ``workdir`` into ``out`` (default WORKDIR/curves.png)."""
   series = read_log(workdir)
   if not series:
     raise ValueError(f"{workdir}/metrics.jsonl has no numeric series")
-  panels = [_panel(name, *series[name]) for name in sorted(series)]
-  blank = np.full_like(panels[0], 255)
-  panels += [blank] * (-len(panels) % COLUMNS)
-  rows = [np.concatenate(panels[i:i + COLUMNS], axis=1) for i in range(0, len(panels), COLUMNS)]
   out = out or os.path.join(workdir, "curves.png")
-  image_files.write_png(out, np.concatenate(rows, axis=0))
-  return out
+  return _write_grid([_panel(name, *series[name]) for name in sorted(series)], out)
+
+
+BAR_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+               (140, 86, 75), (227, 119, 194), (127, 127, 127)]
+
+
+def _bar_panel(metric, values):
+  """One metric's bars, one per entry of ``values`` ({label: value}), axis from 0."""
+  image = Image.new("RGB", (PANEL_W, PANEL_H), "white")
+  draw = ImageDraw.Draw(image)
+  box = (MARGIN, 20, PANEL_W - 10, PANEL_H - MARGIN)
+  draw.rectangle(box, outline="black")
+  top = max(max(values.values()), 1e-12) * 1.15
+  slot = (box[2] - box[0]) / len(values)
+  for i, (label, value) in enumerate(values.items()):
+    left = box[0] + i * slot + slot * 0.15
+    height = max(value, 0) / top * (box[3] - box[1])
+    draw.rectangle([left, box[3] - height, left + slot * 0.7, box[3]],
+                   fill=BAR_COLOURS[i % len(BAR_COLOURS)])
+    draw.text((left, box[3] - height - 11), f"{value:.3g}", fill="black")
+    draw.text((left, box[3] + 4 + 10 * (i % 2)), label[:8], fill="black")
+  draw.text((box[0], 4), metric, fill="black")
+  draw.text((2, box[1]), f"{top:.3g}", fill="gray")
+  draw.text((2, box[3] - 10), "0", fill="gray")
+  return np.asarray(image)
+
+
+def bar_chart(results, out):
+  """Draws ``results`` ({label: {metric: value}}) as one bar panel per metric into ``out``."""
+  if not results:
+    raise ValueError("no results to draw")
+  metrics = list(next(iter(results.values())))
+  return _write_grid(
+      [_bar_panel(m, {label: r[m] for label, r in results.items()}) for m in metrics], out)
