@@ -28,6 +28,7 @@ def get_config():
       patch_stride=3,
       scan_backend="auto",  # "auto" | "sequential" | "associative" | "chunked"
       scan_chunk=128,  # steps per chunk of the "chunked" backend
+      scan_platform=None,  # compile the scan for this platform (None: JAX's); see ModelConfig
       remat=True,  # recompute each VSS / CMSA block in the backward pass
       dtype="float32",  # computation; the scan state is at least float32
       param_dtype="float32",

@@ -64,14 +64,14 @@ class CMSABlock(PairedScanMixer):
   """One Cross SS2D block: both modalities in one scan of length 2L per direction."""
 
   def __init__(self, d_model, d_state, *, rngs, expand=1.5, backend="sequential", chunk=None,
-               patch_mark=True, dtype=None, param_dtype=jnp.float32):
+               platform=None, patch_mark=True, dtype=None, param_dtype=jnp.float32):
     super().__init__(d_model, d_state, rngs=rngs, expand=expand, dtype=dtype,
                      param_dtype=param_dtype)
     d_inner = self.d_inner
     self.mark_proj = nnx.Param(layers.fan_in_uniform(2 * d_inner)(
         rngs.params(), (2 * d_inner, d_inner), param_dtype)) if patch_mark else None
     self.ssm = ss2d.DirectionalSSM(d_inner, d_state, self.dt_rank, rngs=rngs, backend=backend,
-                                   chunk=chunk, param_dtype=param_dtype)
+                                   chunk=chunk, platform=platform, param_dtype=param_dtype)
 
   def __call__(self, ir, vi):
     """Two (batch, H, W, C) maps -> their two CMSA outputs, each (batch, H, W, C)."""
@@ -94,11 +94,12 @@ class FusionLayer(nnx.Module):
   """
 
   def __init__(self, d_model, d_state, num_blocks, *, rngs, expand=1.5, backend="sequential",
-               chunk=None, remat=False, patch_mark=True, dtype=None, param_dtype=jnp.float32):
+               chunk=None, platform=None, remat=False, patch_mark=True, dtype=None,
+               param_dtype=jnp.float32):
     self.remat = remat
     self.blocks = nnx.List([
         CMSABlock(d_model, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
-                  patch_mark=patch_mark, dtype=dtype, param_dtype=param_dtype)
+                  platform=platform, patch_mark=patch_mark, dtype=dtype, param_dtype=param_dtype)
         for _ in range(num_blocks)])
 
   def __call__(self, ir, vi):

@@ -127,11 +127,12 @@ class FSSMBlock(cmsa.PairedScanMixer):
   """FusionMamba's FSSM block: each modality scanned with the other's (dt, B, C) and SSM."""
 
   def __init__(self, d_model, d_state, *, rngs, expand=1.5, backend="sequential", chunk=None,
-               dtype=None, param_dtype=jnp.float32):
+               platform=None, dtype=None, param_dtype=jnp.float32):
     super().__init__(d_model, d_state, rngs=rngs, expand=expand, dtype=dtype,
                      param_dtype=param_dtype)
     ssm = lambda: ss2d.DirectionalSSM(self.d_inner, d_state, self.dt_rank, rngs=rngs,
-                                      backend=backend, chunk=chunk, param_dtype=param_dtype)
+                                      backend=backend, chunk=chunk, platform=platform,
+                                      param_dtype=param_dtype)
     self.ssm_ir, self.ssm_vi = ssm(), ssm()
 
   def __call__(self, ir, vi):
@@ -146,15 +147,16 @@ class FSSMFusion(cmsa.FusionLayer):
   """The "FSSM" ablation: ``num_blocks`` FSSM blocks with residuals; R = I + V."""
 
   def __init__(self, d_model, d_state, num_blocks, *, rngs, expand=1.5, backend="sequential",
-               chunk=None, remat=False, dtype=None, param_dtype=jnp.float32):
+               chunk=None, platform=None, remat=False, dtype=None, param_dtype=jnp.float32):
     self.remat = remat
     self.blocks = nnx.List([
         FSSMBlock(d_model, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
-                  dtype=dtype, param_dtype=param_dtype) for _ in range(num_blocks)])
+                  platform=platform, dtype=dtype, param_dtype=param_dtype)
+        for _ in range(num_blocks)])
 
 
-def build(name, d_model, *, d_state, num_blocks, heads, rngs, expand, backend, chunk, remat,
-          dtype, param_dtype):
+def build(name, d_model, *, d_state, num_blocks, heads, rngs, expand, backend, chunk, platform,
+          remat, dtype, param_dtype):
   """The fusion module ``name`` (one of ``NAMES``) for maps of width ``d_model``."""
   dtypes = dict(dtype=dtype, param_dtype=param_dtype)
   if name == "add":
@@ -166,5 +168,5 @@ def build(name, d_model, *, d_state, num_blocks, heads, rngs, expand, backend, c
                                 param_dtype=param_dtype)
   if name == "fssm":
     return FSSMFusion(d_model, d_state, num_blocks, rngs=rngs, expand=expand, backend=backend,
-                      chunk=chunk, remat=remat, **dtypes)
+                      chunk=chunk, platform=platform, remat=remat, **dtypes)
   raise ValueError(f"unknown fusion {name!r}; expected one of {NAMES}")

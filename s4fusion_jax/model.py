@@ -13,7 +13,7 @@ Images are channels-last (batch, H, W, 1) in [0, 1]; ``fuse`` takes any H x W.
 """
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,10 @@ class ModelConfig:
   patch_stride: int = 3
   scan_backend: str = "auto"
   scan_chunk: int = 128
+  # The platform the scan is compiled for ("cpu", "cuda", "tpu", ...), which "auto" and the
+  # chunked scan's inner form follow; None: JAX's default backend. Set it to lower for
+  # another platform with jax.export.
+  scan_platform: Optional[str] = None
   remat: bool = True  # recompute each VSS / CMSA block in the backward pass (less memory)
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -101,12 +105,12 @@ def _fusion_layer(config, dim, *, rngs, **kw):
 class EncoderStage(nnx.Module):
   """``depth`` VSS blocks, then (except at the last stage) a 2x patch merge."""
 
-  def __init__(self, dim, depth, d_state, downsample, *, rngs, expand, backend, chunk, remat, dtype,
-               param_dtype):
+  def __init__(self, dim, depth, d_state, downsample, *, rngs, remat, dtype, param_dtype,
+               **block_kw):
     self.remat = remat
     self.blocks = nnx.List([
-        ss2d.VSSBlock(dim, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
-                      dtype=dtype, param_dtype=param_dtype) for _ in range(depth)])
+        ss2d.VSSBlock(dim, d_state, rngs=rngs, dtype=dtype, param_dtype=param_dtype, **block_kw)
+        for _ in range(depth)])
     self.merge = patches.PatchMerge(
         dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype) if downsample else None
 
@@ -119,14 +123,14 @@ class EncoderStage(nnx.Module):
 class DecoderStage(nnx.Module):
   """(Except at the first stage) a 2x patch expand, then ``depth`` VSS blocks."""
 
-  def __init__(self, dim, depth, d_state, upsample, *, rngs, expand, backend, chunk, remat, dtype,
-               param_dtype):
+  def __init__(self, dim, depth, d_state, upsample, *, rngs, remat, dtype, param_dtype,
+               **block_kw):
     self.remat = remat
     self.expand = patches.PatchExpand(
         dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype) if upsample else None
     self.blocks = nnx.List([
-        ss2d.VSSBlock(dim, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
-                      dtype=dtype, param_dtype=param_dtype) for _ in range(depth)])
+        ss2d.VSSBlock(dim, d_state, rngs=rngs, dtype=dtype, param_dtype=param_dtype, **block_kw)
+        for _ in range(depth)])
 
   def __call__(self, x):
     if self.expand is not None:
@@ -143,7 +147,7 @@ class S4Fusion(nnx.Module):
     self.config = config
     dtypes = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
     kw = dict(expand=config.expand, backend=config.scan_backend, chunk=config.scan_chunk,
-              remat=config.remat, **dtypes)
+              platform=config.scan_platform, remat=config.remat, **dtypes)
     k, s = config.patch_kernel, config.patch_stride
     dims, levels = config.dims, config.levels
     self.embed_ir = patches.PatchEmbed(1, dims[0], kernel=k, stride=s, rngs=rngs, **dtypes)

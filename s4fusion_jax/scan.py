@@ -257,7 +257,8 @@ def _chunked_bwd(inner, residuals, dy):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", chunk=None):
+def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", chunk=None,
+                   platform=None):
   """Runs the selective scan; see the module docstring for the shapes.
 
   Args:
@@ -270,11 +271,14 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
     delta_bias: (G, D) added to delta before the softplus.
     backend: a ``ScanBackend`` or its string value.
     chunk: steps per chunk for the ``chunked`` backend (default ``DEFAULT_CHUNK``).
+    platform: the platform compiled for, which "auto" and the chunks' inner form follow
+      (default: JAX's default backend); e.g. "cuda" to lower for a GPU from this machine.
 
   Returns:
     y: (batch, L, G, D) in ``state_dtype(u.dtype)``.
   """
-  backend = resolve_backend(backend)
+  platform = platform or jax.default_backend()
+  backend = resolve_backend(backend, platform)
   dtype = state_dtype(u.dtype)
   u, delta, A, B, C, D, delta_bias = (
       x.astype(dtype) for x in (u, delta, A, B, C, D, delta_bias))
@@ -291,7 +295,7 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
       x = jnp.pad(x, [(0, chunks * chunk - length)] + [(0, 0)] * (x.ndim - 1))
       return x.reshape(chunks, chunk, *x.shape[1:])
 
-    inner = CHUNK_INNER.get(jax.default_backend(), CHUNK_INNER_DEFAULT)
+    inner = CHUNK_INNER.get(platform, CHUNK_INNER_DEFAULT)
     y = _chunked(split(u_t), split(delta_t), A, split(B_t), split(C_t), inner)
     y = y.reshape(chunks * chunk, *y.shape[2:])[:length]
   else:

@@ -62,8 +62,8 @@ class DirectionalSSM(nnx.Module):
   """
 
   def __init__(self, channels, d_state, dt_rank, *, rngs, backend="sequential", chunk=None,
-               groups=directions.NUM_DIRECTIONS, param_dtype=jnp.float32):
-    self.backend, self.chunk = scan.ScanBackend(backend).value, chunk
+               platform=None, groups=directions.NUM_DIRECTIONS, param_dtype=jnp.float32):
+    self.backend, self.chunk, self.platform = scan.ScanBackend(backend).value, chunk, platform
     std = dt_rank**-0.5
     self.dt_proj = nnx.Param(jax.random.uniform(
         rngs.params(), (groups, dt_rank, channels), param_dtype, -std, std))
@@ -77,7 +77,7 @@ class DirectionalSSM(nnx.Module):
     delta = jnp.einsum("blgr,grd->blgd", dt_low, self.dt_proj[...].astype(dt_low.dtype))
     A = -jnp.exp(self.A_log[...])
     return scan.selective_scan(u, delta, A, B, C, self.D[...], self.dt_bias[...],
-                               backend=self.backend, chunk=self.chunk)
+                               backend=self.backend, chunk=self.chunk, platform=self.platform)
 
 
 class GatedScanMixer(nnx.Module):
@@ -105,7 +105,7 @@ class SS2D(GatedScanMixer):
   """VMamba's SS2D: one selective scan along each of four directions, merged by summing."""
 
   def __init__(self, d_model, d_state, *, rngs, expand=1.5, backend="sequential", chunk=None,
-               dtype=None, param_dtype=jnp.float32):
+               platform=None, dtype=None, param_dtype=jnp.float32):
     d_inner = inner_width(d_model, expand)
     super().__init__(d_model, d_inner, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.dt_rank, self.d_state = default_dt_rank(d_model), d_state
@@ -113,7 +113,7 @@ class SS2D(GatedScanMixer):
         rngs.params(), (directions.NUM_DIRECTIONS, d_inner, self.dt_rank + 2 * d_state),
         param_dtype))
     self.ssm = DirectionalSSM(d_inner, d_state, self.dt_rank, rngs=rngs, backend=backend,
-                              chunk=chunk, param_dtype=param_dtype)
+                              chunk=chunk, platform=platform, param_dtype=param_dtype)
 
   def __call__(self, x):
     """(batch, H, W, C) -> (batch, H, W, C)."""
@@ -128,10 +128,10 @@ class VSSBlock(nnx.Module):
   """x + SS2D(LN(x)) on (batch, H, W, C)."""
 
   def __init__(self, d_model, d_state, *, rngs, expand=1.5, backend="sequential", chunk=None,
-               dtype=None, param_dtype=jnp.float32):
+               platform=None, dtype=None, param_dtype=jnp.float32):
     self.norm = layers.layer_norm(d_model, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.mixer = SS2D(d_model, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
-                      dtype=dtype, param_dtype=param_dtype)
+                      platform=platform, dtype=dtype, param_dtype=param_dtype)
 
   def __call__(self, x):
     return x + self.mixer(self.norm(x))

@@ -101,7 +101,7 @@ def train_model_config(config) -> model_lib.ModelConfig:
   """The ``ModelConfig`` of a training config, with an "auto" scan resolved for training."""
   model_config = model_lib.ModelConfig(**config.model)
   return dataclasses.replace(model_config, scan_backend=scan.resolve_backend(
-      model_config.scan_backend, differentiated=True).value)
+      model_config.scan_backend, model_config.scan_platform, differentiated=True).value)
 
 
 def _split(model):

@@ -139,13 +139,18 @@ def test_chunked_vjp_keeps_only_chunk_start_states():
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-def test_chunked_vjp_lowers_for_accelerators(monkeypatch, platform):
+def test_chunked_vjp_lowers_for_accelerators(platform):
   """The training backend there: the custom VJP with associative chunks, exported from here."""
-  monkeypatch.setitem(scan.CHUNK_INNER, jax.default_backend(), scan.ScanBackend.ASSOCIATIVE)
   args = [jax.ShapeDtypeStruct(a.shape, a.dtype)
           for a in random_inputs(jax.random.key(9), 2, 100, 4, 8, 12)]
-  grad = jax.jit(jax.grad(lambda *a: jnp.sum(scan.selective_scan(*a, backend="chunked", chunk=32)),
-                          argnums=tuple(range(7))))
+  loss = lambda *a: jnp.sum(scan.selective_scan(*a, backend="chunked", chunk=32,
+                                                platform=platform))
+  grad = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
+  # The chunks' inner form follows the target platform, not this CPU's: no 32-step loops.
+  assert "length=32" not in str(jax.make_jaxpr(grad)(*args))
+  assert "length=32" in str(jax.make_jaxpr(jax.grad(
+      lambda *a: jnp.sum(scan.selective_scan(*a, backend="chunked", chunk=32, platform="cpu")),
+      argnums=tuple(range(7))))(*args))
   exported = jax.export.export(grad, platforms=[platform])(*args)
   assert exported.platforms == (platform,)
   assert len(exported.out_avals) == 7
