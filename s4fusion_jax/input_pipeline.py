@@ -1,13 +1,15 @@
 """The training input pipeline on grain: deterministic, worker-count independent, resumable.
 
     mixture (weighted) -> seeded shuffle, a new order each epoch -> repeat
-      -> this host's shard -> random crop + identical flips -> visible to Y, [0, 1]
-      -> batches (drop remainder) -> multiprocess prefetch
+      -> random crop + identical flips -> visible to Y, [0, 1]
+      -> host batches (drop remainder) -> this host's shard -> multiprocess prefetch
 
-Each element's randomness comes from the pipeline seed and the element's index
-(``random_map``), so the batches do not depend on the number of workers, and the
-iterator's state (``get_state`` / ``set_state``, saved with each training checkpoint)
-resumes exactly. An image smaller than the crop is replaced by the next one in its
+Each element's randomness comes from the pipeline seed and the element's index in the
+whole (unsharded) stream (``random_map``), so the batches do not depend on the number of
+workers, and the iterator's state (``get_state`` / ``set_state``, saved with each training
+checkpoint) resumes exactly. Host batches are cut from the stream before sharding: with P
+hosts, host p takes host batches p, P + p, 2P + p, ..., so global batch k (the hosts' k-th
+batches, in host order) is stream elements k G .. (k + 1) G - 1 whatever P is. An image smaller than the crop is replaced by the next one in its
 dataset, as the reference's dataset does.
 
 Batches: ``{"ir": (B, crop, crop, 1), "vi": (B, crop, crop, 1)}`` float32 in [0, 1], where
@@ -68,9 +70,8 @@ def train_dataset(sources, *, crop, batch_size, seed, weights=None, shard_index=
   parts = [grain.MapDataset.source(CroppableSource(s, crop)) for s in sources]
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
   ds = ds.seed(seed).shuffle().repeat(None)
-  ds = ds[shard_index::shard_count]
   ds = ds.random_map(lambda example, rng: crop_flip_to_y(example, rng, crop))
-  ds = ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
+  ds = ds.batch(batch_size, drop_remainder=True)[shard_index::shard_count].to_iter_dataset()
   if num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds

@@ -177,6 +177,19 @@ def test_batches_are_deterministic_and_worker_count_independent():
   assert not np.array_equal(first[0]["ir"], other_seed[0]["ir"])
 
 
+def test_the_global_batch_does_not_depend_on_the_host_count():
+  sources = [synthetic_source(10, 0), synthetic_source(7, 1)]
+  make = lambda batch, index, count: take(iter(input_pipeline.train_dataset(
+      sources, crop=16, batch_size=batch, seed=3, weights=[0.6, 0.4], shard_index=index,
+      shard_count=count)), 5)
+  one = make(8, 0, 1)
+  for count in (2, 4):
+    hosts = [make(8 // count, i, count) for i in range(count)]
+    joined = [{k: np.concatenate([h[step][k] for h in hosts]) for k in ("ir", "vi")}
+              for step in range(5)]
+    assert_same_batches(one, joined)
+
+
 def test_resume_mid_epoch_is_bit_exact():
   ds = input_pipeline.train_dataset([synthetic_source(10)], crop=16, batch_size=3, seed=0)
   it = iter(ds)
