@@ -25,6 +25,7 @@ from configs import default  # pylint: disable=wrong-import-order
 from s4fusion_jax import model as model_lib  # pylint: disable=wrong-import-order
 from s4fusion_jax import resnet  # pylint: disable=wrong-import-order
 from s4fusion_jax import scan  # pylint: disable=wrong-import-order
+from s4fusion_jax import train_step  # pylint: disable=wrong-import-order
 from s4fusion_jax import training  # pylint: disable=wrong-import-order
 
 BACKENDS = ("sequential", "associative", "chunked")
@@ -64,12 +65,12 @@ def model_case(backend, what):
   config = default.get_config()
   config.model.scan_backend = backend
   config.microbatches = 4 if "micro" in what else 1
-  tx, schedule = training.make_optimizer(config)
+  tx, schedule = train_step.make_optimizer(config)
   graphdef, state = training.create_train_state(config, tx)
   net_graph, net_state = nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0)))
   batch = {k: jax.random.uniform(key, (20, 229, 229, 1))
            for k, key in zip(("ir", "vi"), jax.random.split(jax.random.key(2)))}
-  step = training.make_train_step(graphdef, net_graph, tx, schedule, config.loss,
+  step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss,
                                   config.microbatches)
   return step, (state, batch, net_state)
 

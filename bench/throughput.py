@@ -27,6 +27,7 @@ import common  # pylint: disable=wrong-import-order
 from configs import default  # pylint: disable=wrong-import-order
 from s4fusion_jax import model as model_lib  # pylint: disable=wrong-import-order
 from s4fusion_jax import resnet  # pylint: disable=wrong-import-order
+from s4fusion_jax import train_step  # pylint: disable=wrong-import-order
 from s4fusion_jax import training  # pylint: disable=wrong-import-order
 
 
@@ -44,12 +45,12 @@ def train_case(batch, size, full_loss):
   if not full_loss:
     config.loss.update(perceptual=False, weight_source="image_gradient")
     config.model.remat = False
-  tx, schedule = training.make_optimizer(config)
+  tx, schedule = train_step.make_optimizer(config)
   graphdef, state = training.create_train_state(config, tx)
   net_graph, net_state = (nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0))) if full_loss
                           else (None, None))
   images = {"ir": uniform(1, (batch, size, size, 1)), "vi": uniform(2, (batch, size, size, 1))}
-  step = training.make_train_step(graphdef, net_graph, tx, schedule, config.loss)
+  step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss)
   return step, (state, images, net_state)
 
 

@@ -47,11 +47,14 @@ def read_metadata(path) -> dict:
 def restore_module(path, abstract: nnx.Module) -> nnx.Module:
   """Fills ``abstract`` (from ``nnx.eval_shape``) with the state saved at ``path``.
 
-  Values are cast to the dtypes of ``abstract``.
+  Values are cast to the dtypes of ``abstract`` and placed on this process's first device.
   """
   path = os.path.abspath(os.fspath(path))
   graphdef, state = nnx.split(abstract)
-  target = nnx.to_pure_dict(state)
+  # On this process's first device, whatever the topology that saved it (e.g. a multi-host run).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        nnx.to_pure_dict(state))
   restored = _checkpointer().restore(path, args=ocp.args.Composite(**{
       PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
   nnx.replace_by_pure_dict(state, jax.tree.map(lambda x, t: x.astype(t.dtype), restored, target))

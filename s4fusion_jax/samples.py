@@ -4,13 +4,15 @@ The validation pairs are the first ``config.eval_pairs`` (by name) of ``config.d
 centre-cropped to ``config.eval_size`` (one shape, one compilation). Each validation
 writes ``WORKDIR/samples/step_NNNNNN.png`` (rows of IR | VI | fused) and returns the mean
 of the paper's metrics; the best model by ``config.best_metric`` is kept in
-``WORKDIR/best-STEP`` (``WORKDIR/best.json`` names it; older ones are removed after).
+``WORKDIR/best-STEP`` (``WORKDIR/best.json`` names it; older ones are removed after). In a
+multi-host run every process validates and saves (orbax); process 0 alone writes the rest.
 """
 
 import json
 import os
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -54,6 +56,7 @@ class Validation:
     self.vi_rgb = np.stack([centre_crop(e["vi"], config.eval_size) for e in examples])
     self.vi = color.rgb_to_y(self.vi_rgb / 255.0).astype(np.float32)
     self.fuse = nnx.jit(model_lib.fuse)
+    self.writer = jax.process_index() == 0  # every process validates, process 0 writes
     best_path = os.path.join(workdir, "best.json")
     self.best = json.load(open(best_path)) if os.path.exists(best_path) else None
 
@@ -62,8 +65,9 @@ class Validation:
     fused = inference.to_uint8(self.fuse(model, jnp.asarray(self.ir / np.float32(255)),
                                jnp.asarray(self.vi)))
     vi_y = inference.to_uint8(self.vi)
-    image_files.write_png(os.path.join(self.workdir, "samples", f"step_{step:06d}.png"),
-                          grid(list(zip(self.ir, self.vi_rgb, fused))))
+    if self.writer:
+      image_files.write_png(os.path.join(self.workdir, "samples", f"step_{step:06d}.png"),
+                            grid(list(zip(self.ir, self.vi_rgb, fused))))
     scores = [metrics.compute(f[..., 0], a[..., 0], b[..., 0])
               for f, a, b in zip(fused, self.ir, vi_y)]
     record = {f"val/{k}": float(np.mean([s[k] for s in scores])) for k in PAPER_METRICS}
@@ -74,9 +78,11 @@ class Validation:
     if self.best is not None and value <= self.best["value"]:
       return
     path = os.path.join(self.workdir, f"best-{step}")
-    checkpoint.save_model(path, model, force=True)
+    checkpoint.save_model(path, model, force=True)  # every process takes part (orbax)
     previous = self.best
     self.best = {"step": step, "metric": self.config.best_metric, "value": value, "path": path}
+    if not self.writer:
+      return
     tmp = os.path.join(self.workdir, ".best.json.tmp")
     with open(tmp, "w") as f:
       json.dump(self.best, f)

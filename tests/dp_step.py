@@ -13,6 +13,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import smoke
+from s4fusion_jax import train_step
 from s4fusion_jax import training
 
 
@@ -21,9 +22,9 @@ def main(out):
   config.batch_size, config.crop_size = 8, 37
   mesh = training.make_mesh()
   training.check_batch(config.batch_size, mesh)
-  tx, schedule = training.make_optimizer(config)
+  tx, schedule = train_step.make_optimizer(config)
   graphdef, state = training.create_train_state(config, tx)
-  step = jax.jit(training.make_train_step(graphdef, None, tx, schedule, config.loss),
+  step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss),
                  in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data")), None),
                  out_shardings=NamedSharding(mesh, P()))
   rng = np.random.default_rng(0)

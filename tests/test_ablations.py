@@ -20,6 +20,7 @@ from s4fusion_jax import fusion_variants
 from s4fusion_jax import model as model_lib
 from s4fusion_jax import reference
 from s4fusion_jax import ss2d
+from s4fusion_jax import train_step
 from s4fusion_jax import training
 
 SMALL = dict(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1), d_state=4,
@@ -215,9 +216,9 @@ def test_no_per_is_s4fusion_without_the_perceptual_loss():
 @pytest.mark.parametrize("variant", [v for v in ablations.VARIANTS if v != "no_per"])
 def test_each_variant_trains_a_step_and_round_trips_a_checkpoint(variant, tmp_path):
   config = small_config(variant)
-  tx, schedule = training.make_optimizer(config)
+  tx, schedule = train_step.make_optimizer(config)
   graphdef, state = training.create_train_state(config, tx)
-  step = jax.jit(training.make_train_step(graphdef, None, tx, schedule, config.loss))
+  step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss))
   batch = {k: jax.random.uniform(jax.random.key(i), (2, 13, 25, 1))
            for i, k in enumerate(("ir", "vi"))}
   new_state, metrics = step(state, batch, None)
@@ -230,7 +231,7 @@ def test_each_variant_trains_a_step_and_round_trips_a_checkpoint(variant, tmp_pa
                            jax.tree.leaves(new_state.model_state)[0])
   else:
     assert not jax.tree.leaves(new_state.model_state)
-  model = training.model_of(graphdef, new_state)
+  model = train_step.model_of(graphdef, new_state)
   checkpoint.save_model(tmp_path / "ckpt", model)
   loaded = checkpoint.load_model(tmp_path / "ckpt")
   assert loaded.config == model.config

@@ -18,6 +18,7 @@ from flax import nnx
 from conftest import REPO
 from configs import smoke
 from s4fusion_jax import checkpoint
+from s4fusion_jax import train_step
 from s4fusion_jax import training
 
 
@@ -56,7 +57,7 @@ def test_eight_devices_match_one(tmp_path):
 
 def smoke_initial_params():
   config = smoke.get_config()
-  tx, _ = training.make_optimizer(config)
+  tx, _ = train_step.make_optimizer(config)
   _, state = training.create_train_state(config, tx)
   return {"/".join(map(str, k)): np.asarray(v)
           for k, v in nnx.traversals.flatten_mapping(state.params).items()}
@@ -141,11 +142,11 @@ def test_batch_must_split_over_devices_and_micro_batches():
 
 def test_micro_batches_give_the_whole_batch_gradient():
   config = smoke.get_config()
-  tx, schedule = training.make_optimizer(config)
+  tx, schedule = train_step.make_optimizer(config)
   graphdef, state = training.create_train_state(config, tx)
   rng = np.random.default_rng(0)
   batch = {k: rng.random((4, 37, 37, 1), np.float32) for k in ("ir", "vi")}
-  outs = [jax.jit(training.make_train_step(graphdef, None, tx, schedule, config.loss, k))(
+  outs = [jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss, k))(
       state, batch, None) for k in (1, 2)]
   for name in ("loss", "grad_norm", "loss_l1"):
     np.testing.assert_allclose(outs[0][1][name], outs[1][1][name], rtol=2e-5)
@@ -154,7 +155,7 @@ def test_micro_batches_give_the_whole_batch_gradient():
 
 
 def test_schedule_is_the_reference_warmup_cosine():
-  schedule = training.warmup_cosine(3e-4, 1.5e-3, 6e-4, warmup_steps=10, total_steps=110)
+  schedule = train_step.warmup_cosine(3e-4, 1.5e-3, 6e-4, warmup_steps=10, total_steps=110)
   reference = []
   for k in range(1, 111):  # the reference's WarmupCosineSchedule.step(), k = 1, 2, ...
     if k < 10:
@@ -171,7 +172,7 @@ def test_init_from_a_converted_reference_checkpoint(tmp_path, tiny_golden):
   converted = reference.from_torch_state_dict(reference_state_dict(tiny_golden))
   checkpoint.save_model(tmp_path / "ref", converted)
   config = smoke.get_config()  # the tiny fixture's sizes
-  tx, _ = training.make_optimizer(config)
+  tx, _ = train_step.make_optimizer(config)
   _, state = training.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
   ours = jax.tree.leaves(state.params)
   theirs = jax.tree.leaves(nnx.to_pure_dict(nnx.state(converted, nnx.Param)))
@@ -201,7 +202,7 @@ def test_every_shipped_config_builds(name, arg):
   module = __import__(f"configs.{name}", fromlist=["get_config"])
   config = module.get_config() if arg is None else module.get_config(arg)
   training.train_model_config(config)
-  training.make_optimizer(config)
+  train_step.make_optimizer(config)
   assert config.num_steps > 0 and config.batch_size % config.microbatches == 0
 
 
