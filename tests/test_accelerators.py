@@ -1,6 +1,9 @@
-"""Accelerator readiness from this CPU: lowering for cuda / tpu, and bfloat16 compute."""
+"""Accelerator readiness from this CPU: lowering for cuda / tpu, bfloat16, the device check."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import reference_state_dict, rel_err
+from conftest import REPO, reference_state_dict, rel_err, shared_path
 from configs import smoke
 from s4fusion_jax import model as model_lib
 from s4fusion_jax import reference
 from s4fusion_jax import resnet as resnet_lib
+from s4fusion_jax import train_step
 from s4fusion_jax import training
 
 TINY = dict(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1), d_state=4,
@@ -63,9 +67,9 @@ def test_full_train_step_lowers(platform):
     config.model.update(TINY, scan_platform=target)
     config.loss.update(perceptual=True, weight_source="resnet50")
     assert training.train_model_config(config).scan_backend == "chunked"
-    tx, schedule = training.make_optimizer(config)
+    tx, schedule = train_step.make_optimizer(config)
     graphdef, state = training.create_train_state(config, tx)
-    step = jax.jit(training.make_train_step(graphdef, resnet_graphdef, tx, schedule,
+    step = jax.jit(train_step.make_train_step(graphdef, resnet_graphdef, tx, schedule,
                                             config.loss))
     args = (abstract(state), batch, abstract(resnet_state))
     inner_loops[target] = scan_forms(jax.make_jaxpr(step)(*args))[1]
@@ -93,9 +97,9 @@ def test_bfloat16_compute_stays_within_2e_2_of_float32(paper_golden):
 def test_bfloat16_train_step_runs():
   config = smoke.get_config()
   config.model.update(TINY, dtype="bfloat16")
-  tx, schedule = training.make_optimizer(config)
+  tx, schedule = train_step.make_optimizer(config)
   graphdef, state = training.create_train_state(config, tx)
-  step = jax.jit(training.make_train_step(graphdef, None, tx, schedule, config.loss))
+  step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss))
   batch = {k: jax.random.uniform(jax.random.key(i), (2, 25, 25, 1))
            for i, k in enumerate(("ir", "vi"))}
   new_state, metrics = step(state, batch, None)
@@ -103,3 +107,19 @@ def test_bfloat16_train_step_runs():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
   assert not np.array_equal(jax.tree.leaves(new_state.params)[0],
                             jax.tree.leaves(state.params)[0])
+
+
+def test_device_check_runs_as_a_cpu_smoke_test():
+  """bench/device_check.py end to end, at the tiny fixture's sizes, one backend."""
+  proc = subprocess.run(
+      [sys.executable, "bench/device_check.py", "--golden",
+       str(shared_path("golden", "golden_s4fusion_tiny_37x49.npz")), "--fuse_size", "37", "49",
+       "--batch", "2", "--crop", "25", "--steps", "1", "--backends", "chunked"],
+      cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  row = [line for line in proc.stdout.splitlines() if line.startswith("| chunked")]
+  assert len(row) == 1, proc.stdout
+  cells = [c.strip() for c in row[0].strip("|").split("|")]
+  assert len(cells) == 6, row  # not "failed: ..."
+  assert float(cells[1]) < 1e-5  # parity with PyTorch's float32 output
+  assert all(float(c) > 0 for c in cells[2:])

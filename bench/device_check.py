@@ -1,0 +1,118 @@
+"""One command for a GPU or TPU machine: parity, fusing, training and memory per scan backend.
+
+    python bench/device_check.py                 # about 8 minutes on one GPU (untested: none lent)
+    python bench/device_check.py --golden ../shared/golden/golden_s4fusion_tiny_37x49.npz \\
+        --fuse_size 37 49 --batch 2 --crop 25 --backends chunked     # a CPU smoke run
+
+Copy the golden fixture (16 MB) to the machine. It needs JAX, flax, optax, einops and
+ml_collections (for configs/default.py), and runs with the JAX it finds: no dataset, TFDS,
+grain or orbax. Each backend runs in its own process (so the peak memory is its own) and
+prints one row of one markdown table:
+  parity       max |ours - golden| / max |golden| of the fused golden pair, float32
+  fuse         seconds for ``model.fuse`` on one random --fuse_size pair (median of 3)
+  train step   seconds per step at --batch x --crop^2, configs/default.py's full loss
+               (ResNet50 entropy and weights, random ResNet50 weights), remat on
+  images/s     --batch / train step
+  peak memory  the device's peak_bytes_in_use after both (``device.memory_stats()``); on CPU,
+               where JAX keeps no such count, the process's peak resident memory
+The model has the golden fixture's sizes (the 61 x 73 fixture: the released model).
+"""
+
+import argparse
+import json
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+import common  # pylint: disable=wrong-import-order
+from configs import default  # pylint: disable=wrong-import-order
+from s4fusion_jax import model as model_lib  # pylint: disable=wrong-import-order
+from s4fusion_jax import reference  # pylint: disable=wrong-import-order
+from s4fusion_jax import resnet  # pylint: disable=wrong-import-order
+from s4fusion_jax import train_step  # pylint: disable=wrong-import-order
+
+GOLDEN = os.path.join(common.REPO, "..", "shared", "golden", "golden_s4fusion_61x73.npz")
+BACKENDS = ("sequential", "associative", "chunked")
+
+
+def parity(model, golden):
+  ir, vi = (np.asarray(golden[f"input/{m}"], np.float32).transpose(0, 2, 3, 1)
+            for m in ("ir", "vi"))
+  ours = np.asarray(nnx.jit(lambda m, a, b: m(a, b))(model, ir, vi), np.float64)
+  ref = golden["float32/output"].transpose(0, 2, 3, 1).astype(np.float64)  # PyTorch, float32
+  return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def fuse_seconds(model, height, width):
+  graphdef, state = nnx.split(model)
+  x = jax.random.uniform(jax.random.key(0), (1, height, width, 1))
+  _, compiled = common.compile_timed(
+      lambda s, a, b: model_lib.fuse(nnx.merge(graphdef, s), a, b), state, x, x)
+  return common.time_run(compiled, state, x, x)
+
+
+def train_seconds(model, backend, batch, crop, steps):
+  config = default.get_config()
+  config.model.scan_backend = backend
+  tx, schedule = train_step.make_optimizer(config)
+  graphdef, state = train_step.init_state(model, tx, config.seed)
+  net_graph, net_state = nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0)))
+  images = {k: jax.random.uniform(jax.random.key(i), (batch, crop, crop, 1))
+            for i, k in enumerate(("ir", "vi"))}
+  step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss)
+  _, compiled = common.compile_timed(step, state, images, net_state)
+  return common.time_run(compiled, state, images, net_state, repeats=steps)
+
+
+def peak_memory_gb():
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 1e9
+  return common.peak_rss_gb()
+
+
+def run_case(args):
+  golden = dict(np.load(args.golden))
+  state_dict = {k[len("param/"):]: v for k, v in golden.items() if k.startswith("param/")}
+  model = reference.from_torch_state_dict(state_dict, scan_backend=args.case)
+  row = {"case": args.case, "parity": parity(model, golden),
+         "fuse_s": fuse_seconds(model, *args.fuse_size)}
+  model.train()
+  row["step_s"] = train_seconds(model, args.case, args.batch, args.crop, args.steps)
+  row["images_per_s"] = args.batch / row["step_s"]
+  row["peak_gb"] = peak_memory_gb()
+  print(json.dumps(row))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--golden", default=GOLDEN, help="an S4Fusion golden fixture (.npz)")
+  parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
+  parser.add_argument("--fuse_size", nargs=2, type=int, default=(481, 637), metavar=("H", "W"))
+  parser.add_argument("--batch", type=int, default=20)
+  parser.add_argument("--crop", type=int, default=229, help="training crop (size rule: 12k+1)")
+  parser.add_argument("--steps", type=int, default=3, help="timed train steps (median)")
+  parser.add_argument("--case", help=argparse.SUPPRESS)  # one backend, in a child process
+  args = parser.parse_args()
+  if args.case:
+    run_case(args)
+    return
+  if not os.path.isfile(args.golden):
+    raise SystemExit(f"no golden fixture at {args.golden}: copy golden_s4fusion_61x73.npz "
+                     "there or pass --golden")
+  extra = ["--golden", args.golden, "--fuse_size", *map(str, args.fuse_size), "--batch",
+           str(args.batch), "--crop", str(args.crop), "--steps", str(args.steps)]
+  rows = common.run_cases(__file__, args.backends, extra)
+  print(f"{common.machine()}, jax {jax.__version__}; fuse {args.fuse_size[0]} x "
+        f"{args.fuse_size[1]}, train step {args.batch} x {args.crop}^2 (full loss)\n")
+  common.print_table(rows, [
+      ("case", "backend", "{}"), ("parity", "parity (max rel. err.)", "{:.1e}"),
+      ("fuse_s", "fuse (s)", "{:.3f}"), ("step_s", "train step (s)", "{:.3f}"),
+      ("images_per_s", "images/s", "{:.2f}"), ("peak_gb", "peak memory (GB)", "{:.2f}")])
+
+
+if __name__ == "__main__":
+  main()
