@@ -29,6 +29,20 @@ def reference_state_dict(golden):
   return {k[len("param/"):]: v for k, v in golden.items() if k.startswith("param/")}
 
 
+def one_train_step(config, image_shape):
+  """(graphdef, state before, state after, metrics, batch) of one jitted train step of
+  ``config`` (no ResNet50) on a random batch of ``image_shape`` (batch, H, W, 1)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax import train_step, training  # pylint: disable=import-outside-toplevel
+  tx, schedule = train_step.make_optimizer(config)
+  graphdef, state = training.create_train_state(config, tx)
+  step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss))
+  batch = {k: jax.random.uniform(jax.random.key(i), image_shape)
+           for i, k in enumerate(("ir", "vi"))}
+  new_state, metrics = step(state, batch, None)
+  return graphdef, state, new_state, metrics, batch
+
+
 def rel_err(ours, ref):
   """max |ours - ref| / max |ref|."""
   ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)

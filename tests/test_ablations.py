@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 from PIL import Image
 
-from conftest import REPO, shared_path
+from conftest import REPO, one_train_step, shared_path
 from configs import ablations
 from s4fusion_jax import __main__ as cli
 from s4fusion_jax import ablation
@@ -216,12 +216,7 @@ def test_no_per_is_s4fusion_without_the_perceptual_loss():
 @pytest.mark.parametrize("variant", [v for v in ablations.VARIANTS if v != "no_per"])
 def test_each_variant_trains_a_step_and_round_trips_a_checkpoint(variant, tmp_path):
   config = small_config(variant)
-  tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = training.create_train_state(config, tx)
-  step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss))
-  batch = {k: jax.random.uniform(jax.random.key(i), (2, 13, 25, 1))
-           for i, k in enumerate(("ir", "vi"))}
-  new_state, metrics = step(state, batch, None)
+  graphdef, state, new_state, metrics, batch = one_train_step(config, (2, 13, 25, 1))
   assert np.isfinite(float(metrics["loss"]))
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
   assert sum(jax.tree.leaves(moved)) > 0.9 * len(jax.tree.leaves(moved))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO, reference_state_dict, rel_err, shared_path
+from conftest import REPO, one_train_step, reference_state_dict, rel_err, shared_path
 from configs import smoke
 from s4fusion_jax import model as model_lib
 from s4fusion_jax import reference
@@ -97,12 +97,7 @@ def test_bfloat16_compute_stays_within_2e_2_of_float32(paper_golden):
 def test_bfloat16_train_step_runs():
   config = smoke.get_config()
   config.model.update(TINY, dtype="bfloat16")
-  tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = training.create_train_state(config, tx)
-  step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss))
-  batch = {k: jax.random.uniform(jax.random.key(i), (2, 25, 25, 1))
-           for i, k in enumerate(("ir", "vi"))}
-  new_state, metrics = step(state, batch, None)
+  _, state, new_state, metrics, _ = one_train_step(config, (2, 25, 25, 1))
   assert np.isfinite(float(metrics["loss"]))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
   assert not np.array_equal(jax.tree.leaves(new_state.params)[0],
