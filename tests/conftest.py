@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,3 +59,34 @@ def tiny_golden():
 @pytest.fixture(scope="session")
 def paper_golden():
   return load_golden("golden_s4fusion_61x73.npz")
+
+
+# Train runs in subprocesses share XLA's persistent compilation cache: a resumed run or a
+# second run of one config does not compile again.
+CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(
+    os.environ.get("PYTEST_TMPDIR", "/tmp"), f"s4fusion-test-xla-cache-{os.getuid()}"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def subprocess_env(extra=None):
+  return {**os.environ, "PYTHONPATH": str(REPO), **CACHE, **(extra or {})}
+
+
+def run(args, env=None, **kwargs):
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        env=subprocess_env(env), **kwargs)
+
+
+TRAIN_FLAGS = ["--config", "configs/smoke.py", "--config.num_steps=12", "--config.crop_size=37",
+               "--config.batch_size=4", "--config.checkpoint_every=3", "--config.log_every=1",
+               "--config.eval_every=0", "--progress=false"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+  """The workdir of one uninterrupted single-process run of ``TRAIN_FLAGS`` (12 steps): the
+  reference that the resume and the multi-host tests compare against."""
+  workdir = tmp_path_factory.mktemp("smoke") / "straight"
+  proc = run(["train.py", f"--workdir={workdir}", *TRAIN_FLAGS])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return workdir

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
-from test_training import TRAIN_FLAGS, final_params, run, subprocess_env
+from conftest import REPO, TRAIN_FLAGS, run, subprocess_env
+from test_training import final_params
 
 STEPS = 12
 
@@ -53,13 +53,11 @@ def two_process_run(tmp_path_factory):
   return workdir
 
 
-def test_two_processes_train_as_one(tmp_path, two_process_run):
-  one = run(["train.py", f"--workdir={tmp_path / 'one'}", *TRAIN_FLAGS])
-  assert one.returncode == 0, one.stderr[-2000:]
-  ours, theirs = losses(two_process_run), losses(tmp_path / "one")
+def test_two_processes_train_as_one(two_process_run, smoke_run):
+  ours, theirs = losses(two_process_run), losses(smoke_run)
   assert [s for s, _ in ours] == [s for s, _ in theirs] == list(range(1, STEPS + 1))
   np.testing.assert_allclose([l for _, l in ours], [l for _, l in theirs], rtol=1e-5)
-  two, single = final_params(two_process_run, STEPS), final_params(tmp_path / "one", STEPS)
+  two, single = final_params(two_process_run, STEPS), final_params(smoke_run, STEPS)
   largest = max(float(np.abs(p).max()) for p in single)
   assert max(float(np.abs(a - b).max()) for a, b in zip(two, single)) <= 1e-5 * largest
 

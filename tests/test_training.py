@@ -15,27 +15,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO
+from conftest import REPO, TRAIN_FLAGS, run, subprocess_env
 from configs import smoke
 from s4fusion_jax import checkpoint
 from s4fusion_jax import train_step
 from s4fusion_jax import training
-
-
-# Train runs in subprocesses share XLA's persistent compilation cache: a resumed run or a
-# second run of one config does not compile again.
-CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(
-    os.environ.get("PYTEST_TMPDIR", "/tmp"), f"s4fusion-test-xla-cache-{os.getuid()}"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-
-
-def subprocess_env(extra=None):
-  return {**os.environ, "PYTHONPATH": str(REPO), **CACHE, **(extra or {})}
-
-
-def run(args, env=None, **kwargs):
-  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                        env=subprocess_env(env), **kwargs)
 
 
 def test_eight_devices_match_one(tmp_path):
@@ -63,20 +47,12 @@ def smoke_initial_params():
           for k, v in nnx.traversals.flatten_mapping(state.params).items()}
 
 
-TRAIN_FLAGS = ["--config", "configs/smoke.py", "--config.num_steps=12", "--config.crop_size=37",
-               "--config.batch_size=4", "--config.checkpoint_every=3", "--config.log_every=1",
-               "--config.eval_every=0", "--progress=false"]
-
-
 def final_params(workdir, step):
   model = checkpoint.load_model(os.path.join(workdir, "checkpoints", str(step)))
   return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
-def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
-  straight = run(["train.py", f"--workdir={tmp_path / 'straight'}", *TRAIN_FLAGS])
-  assert straight.returncode == 0, straight.stderr[-2000:]
-
+def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path, smoke_run):
   killed = tmp_path / "killed"
   proc = subprocess.Popen([sys.executable, "train.py", f"--workdir={killed}", *TRAIN_FLAGS],
                           cwd=REPO, env=subprocess_env(),
@@ -91,12 +67,12 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
   resumed = run(["train.py", f"--workdir={killed}", *TRAIN_FLAGS])
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed from step" in resumed.stdout
-  for a, b in zip(final_params(tmp_path / "straight", 12), final_params(killed, 12)):
+  for a, b in zip(final_params(smoke_run, 12), final_params(killed, 12)):
     np.testing.assert_array_equal(a, b)
   # The steps logged before the kill past its last checkpoint are not logged twice.
   losses = lambda workdir: [(r["step"], r["loss"]) for r in map(json.loads, open(
       workdir / "metrics.jsonl"))]
-  assert losses(killed) == losses(tmp_path / "straight")
+  assert losses(killed) == losses(smoke_run)
 
 
 def test_smoke_config_lowers_the_loss(tmp_path):
