@@ -5,7 +5,8 @@
                                ({'model': ...} .pkl/.pth via torch, or .npz without torch)
     convert-resnet IN OUT      torchvision ResNet50 weights (.pth/.npz/.safetensors) -> orbax dir
     prepare DATASET DIR        build a TFDS dataset (msrs, roadscene, m3fd, tno, paired_folder)
-                               from the user-downloaded folder DIR
+                               from the user-downloaded folder DIR (--validation LIST: hold
+                               those pairs of a paired_folder out as a validation split)
     demo                       fuse TNO with the bundled model and every baseline (average,
                                max, and copying either source), write the fused images,
                                samples and a comparison table
@@ -50,7 +51,8 @@ def _convert_resnet(args):
 def _prepare(args):
   from s4fusion_jax import datasets  # pylint: disable=import-outside-toplevel
   dataset_dir, skipped = datasets.prepare(args.dataset, args.manual_dir, args.data_dir,
-                                          skip_bad_pairs=args.skip_bad_pairs, name=args.name)
+                                          skip_bad_pairs=args.skip_bad_pairs, name=args.name,
+                                          validation=args.validation)
   for name, reason in skipped:
     print(f"skipped {name}: {reason}")
   print(f"prepared {dataset_dir}")
@@ -148,6 +150,8 @@ def main(argv=None):
   prepare.add_argument("manual_dir", help="the downloaded dataset's folder")
   prepare.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
   prepare.add_argument("--name", help="paired_folder only: the dataset's name (default: folder)")
+  prepare.add_argument("--validation", help="paired_folder only: a list of names (a file, or "
+                       "one of s4fusion_jax/splits) held out as the 'validation' split")
   prepare.add_argument("--skip_bad_pairs", action="store_true",
                        help="leave out (and list) pairs that are missing, unreadable or mismatched")
   prepare.set_defaults(run=_prepare)

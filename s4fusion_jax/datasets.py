@@ -28,10 +28,23 @@ IR_DIRS = ("ir", "Ir", "IR", "infrared", "cropinfrared")
 VI_DIRS = ("vi", "Vis", "VI", "visible", "crop_LR_visible")
 
 
-def test_list(name):
-  """The reference's test file names (shipped in ``s4fusion_jax/splits``)."""
-  text = importlib.resources.files("s4fusion_jax").joinpath("splits", name).read_text()
-  return [line.strip() for line in text.splitlines() if line.strip()]
+def read_name_list(name_or_path):
+  """The file names of a list: a file in ``s4fusion_jax/splits`` or a path; one per line."""
+  if os.path.sep in name_or_path or os.path.exists(name_or_path):
+    if not os.path.isfile(name_or_path):
+      raise FileNotFoundError(f"name list not found: {name_or_path}")
+    with open(name_or_path) as f:
+      text = f.read()
+  else:
+    resource = importlib.resources.files("s4fusion_jax").joinpath("splits", name_or_path)
+    if not resource.is_file():
+      raise FileNotFoundError(f"no name list {name_or_path!r} in s4fusion_jax/splits and no "
+                              "such file")
+    text = resource.read_text()
+  names = [line.strip() for line in text.splitlines() if line.strip()]
+  if not names or len(set(names)) != len(names):
+    raise ValueError(f"name list {name_or_path} is empty or repeats a name")
+  return names
 
 
 def find_modality_dir(root, candidates):
@@ -124,22 +137,26 @@ class _PairedBuilder(tfds.core.GeneratorBasedBuilder):
       }
 
 
+def _held_out_splits(builder, root, held_out, list_name, held_split):
+  """{"train": the pairs of ``root`` not in ``held_out``, held_split: those in it}."""
+  names = set(image_files.list_images(find_modality_dir(root, IR_DIRS))) | set(
+      image_files.list_images(find_modality_dir(root, VI_DIRS)))
+  absent = sorted(set(held_out) - names)
+  if absent:
+    raise ValueError(f"{len(absent)} image(s) of {list_name} are not in {root}: "
+                     f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
+  return {"train": builder._pairs(root, sorted(names - set(held_out))),
+          held_split: builder._pairs(root, sorted(held_out))}
+
+
 class _ListSplitBuilder(_PairedBuilder):
   """One folder of pairs, split into train / test by the reference's test list."""
 
   TEST_LIST = ""
 
   def _split_generators(self, dl_manager):
-    root = dl_manager.manual_dir
-    names = set(image_files.list_images(find_modality_dir(root, IR_DIRS))) | set(
-        image_files.list_images(find_modality_dir(root, VI_DIRS)))
-    test = test_list(self.TEST_LIST)
-    absent = sorted(set(test) - names)
-    if absent:
-      raise ValueError(f"{len(absent)} test image(s) of {self.TEST_LIST} are not in {root}: "
-                       f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
-    return {"train": self._pairs(root, sorted(names - set(test))),
-            "test": self._pairs(root, test)}
+    return _held_out_splits(self, dl_manager.manual_dir, read_name_list(self.TEST_LIST),
+                            self.TEST_LIST, "test")
 
 
 class Msrs(_PairedBuilder):
@@ -188,15 +205,29 @@ class Tno(_PairedBuilder):
     return {"test": self._pairs(dl_manager.manual_dir)}
 
 
-class PairedFolder(_PairedBuilder):
-  """Any folder of pairs (LLVIP, a user's own data): <manual_dir>/ir/NAME and <manual_dir>/vi/NAME."""
+@dataclasses.dataclass(eq=False)
+class PairedFolderConfig(tfds.core.BuilderConfig):
+  """``validation``: names held out of ``train`` as a ``validation`` split (none: train only);
+  ``validation_list``: where those names came from (for messages)."""
+  validation: tuple = ()
+  validation_list: str = ""
 
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="default")]
+
+class PairedFolder(_PairedBuilder):
+  """Any folder of pairs (LLVIP, a user's own data): <manual_dir>/ir/NAME and <manual_dir>/vi/NAME.
+
+  Split ``train``, or ``train`` and ``validation`` when the config holds validation names.
+  """
+
+  BUILDER_CONFIGS = [PairedFolderConfig(name="default")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Pass as manual_dir a folder with ir/ and vi/ sub-folders holding same-named images.
   """
 
   def _split_generators(self, dl_manager):
+    if self.builder_config.validation:
+      return _held_out_splits(self, dl_manager.manual_dir, self.builder_config.validation,
+                              self.builder_config.validation_list, "validation")
     return {"train": self._pairs(dl_manager.manual_dir)}
 
 
@@ -204,12 +235,14 @@ BUILDERS = {"msrs": Msrs, "roadscene": RoadScene, "m3fd": M3fdFusion, "tno": Tno
             "paired_folder": PairedFolder}
 
 
-def prepare(dataset, manual_dir, data_dir, *, skip_bad_pairs=False, name=None):
+def prepare(dataset, manual_dir, data_dir, *, skip_bad_pairs=False, name=None, validation=None):
   """Builds ``dataset`` (a key of ``BUILDERS``) from ``manual_dir`` into ``data_dir``.
 
   Args:
     name: for ``paired_folder``, the config name (default: the folder's base name), so
       several folders can live in one ``data_dir``.
+    validation: for ``paired_folder``, a name list (``read_name_list``) held out of
+      ``train`` as the ``validation`` split. Give such a dataset its own ``name``.
 
   Returns:
     (dataset directory for ``source``, skipped pairs as (name, reason)).
@@ -219,16 +252,36 @@ def prepare(dataset, manual_dir, data_dir, *, skip_bad_pairs=False, name=None):
   manual_dir = os.path.abspath(os.fspath(manual_dir))
   if not os.path.isdir(manual_dir):
     raise FileNotFoundError(f"manual_dir not found: {manual_dir}")
+  if validation and dataset != "paired_folder":
+    raise ValueError(f"a validation list is for paired_folder; {dataset!r} has its own splits")
   kwargs = {}
   if dataset == "paired_folder":
     config_name = name or os.path.basename(manual_dir.rstrip(os.sep))
-    kwargs["config"] = tfds.core.BuilderConfig(name=config_name)
+    held_out = tuple(read_name_list(validation)) if validation else ()
+    kwargs["config"] = PairedFolderConfig(name=config_name, validation=held_out,
+                                          validation_list=validation or "")
   builder = BUILDERS[dataset](data_dir=os.fspath(data_dir), skip_bad_pairs=skip_bad_pairs,
                               **kwargs)
   builder.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  if dataset == "paired_folder":
+    _check_held_out(builder, kwargs["config"].validation, skip_bad_pairs)
   return os.fspath(builder.data_dir), builder.skipped
+
+
+def _check_held_out(builder, held_out, skip_bad_pairs):
+  """A paired folder prepared earlier under the same name must hold out the same pairs."""
+  splits = builder.info.splits
+  have = set()
+  if "validation" in splits:
+    have = {e["name"].decode() for e in builder.as_data_source(
+        split="validation", decoders={"ir": tfds.decode.SkipDecoding(),
+                                      "vi": tfds.decode.SkipDecoding()})}
+  if have != set(held_out) and not (skip_bad_pairs and have <= set(held_out)):
+    raise ValueError(f"{builder.data_dir} was prepared with {len(have)} validation pair(s), "
+                     f"not the {len(held_out)} asked for: prepare it under another name, or "
+                     "delete that folder")
 
 
 def source(dataset_dir, split, decode_images=True):

@@ -3,7 +3,7 @@
 The validation pairs are the first ``config.eval_pairs`` (by name) of ``config.data.val``,
 centre-cropped to ``config.eval_size`` (one shape, one compilation). Each validation
 writes ``WORKDIR/samples/step_NNNNNN.png`` (rows of IR | VI | fused) and returns the mean
-of the paper's metrics; the best model by ``config.best_metric`` is kept in
+of ``VALIDATION_METRICS``; the best model by ``config.best_metric`` is kept in
 ``WORKDIR/best-STEP`` (``WORKDIR/best.json`` names it; older ones are removed after). In a
 multi-host run every process validates and saves (orbax); process 0 alone writes the rest.
 """
@@ -26,6 +26,8 @@ from s4fusion_jax import metrics
 from s4fusion_jax import model as model_lib
 
 PAPER_METRICS = ("MI", "SF", "AG", "SSIM", "VIF", "Qabf")
+# Validation also records the other columns of the published TNO table (../shared/anchors).
+VALIDATION_METRICS = PAPER_METRICS + ("EN", "SD", "SCD")
 
 
 def grid(rows):
@@ -47,7 +49,7 @@ class Validation:
     self.workdir, self.config = workdir, config
     entry = config.data.val
     dataset_dir, _ = datasets.prepare(entry["dataset"], entry["manual_dir"], config.data.data_dir,
-                                      name=entry.get("name"))
+                                      name=entry.get("name"), validation=entry.get("validation"))
     names = datasets.source(dataset_dir, entry["split"], decode_images=False)
     first = sorted(range(len(names)), key=lambda i: names[i]["name"])[:config.eval_pairs]
     src = datasets.source(dataset_dir, entry["split"])
@@ -70,7 +72,7 @@ class Validation:
                             grid(list(zip(self.ir, self.vi_rgb, fused))))
     scores = [metrics.compute(f[..., 0], a[..., 0], b[..., 0])
               for f, a, b in zip(fused, self.ir, vi_y)]
-    record = {f"val/{k}": float(np.mean([s[k] for s in scores])) for k in PAPER_METRICS}
+    record = {f"val/{k}": float(np.mean([s[k] for s in scores])) for k in VALIDATION_METRICS}
     self._keep_best(model, step, record[f"val/{self.config.best_metric}"])
     return record
 

@@ -84,12 +84,16 @@ def create_train_state(config, tx, init_from=None):
 
 
 def _sources(entries, data_dir):
-  """Prepares (if needed) and opens each ``{dataset, manual_dir, split, weight}`` entry."""
+  """Prepares (if needed) and opens each ``{dataset, manual_dir, split, weight}`` entry
+
+  (optional keys: ``name``, ``skip_bad_pairs``, ``validation``: see ``datasets.prepare``).
+  """
   sources, weights = [], []
   for entry in entries:
     dataset_dir, skipped = datasets.prepare(entry["dataset"], entry["manual_dir"], data_dir,
                                             name=entry.get("name"),
-                                            skip_bad_pairs=entry.get("skip_bad_pairs", False))
+                                            skip_bad_pairs=entry.get("skip_bad_pairs", False),
+                                            validation=entry.get("validation"))
     for name, reason in skipped:
       print(f"skipped {name}: {reason}")
     src = datasets.source(dataset_dir, entry["split"])

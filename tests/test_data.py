@@ -56,6 +56,47 @@ def test_paired_folder_reads_back_pixel_exact(roadscene_sample):
     assert encoded[i]["ir"][:8] == b"\x89PNG\r\n\x1a\n"  # not decoded
 
 
+def test_paired_folder_holds_out_a_validation_list(roadscene_sample, tmp_path):
+  raw, _ = roadscene_sample
+  names = sorted(os.listdir(raw / "ir"))
+  (tmp_path / "val.txt").write_text(f"{names[4]}\n{names[1]}\n\n")
+  dataset_dir, _ = datasets.prepare("paired_folder", raw, tmp_path / "tfds", name="held",
+                                    validation=str(tmp_path / "val.txt"))
+  read = lambda split: sorted(
+      e["name"].decode() for e in datasets.source(dataset_dir, split, decode_images=False))
+  assert read("validation") == [names[1], names[4]]
+  assert read("train") == [n for i, n in enumerate(names) if i not in (1, 4)]
+  again, _ = datasets.prepare("paired_folder", raw, tmp_path / "tfds", name="held",
+                              validation=str(tmp_path / "val.txt"))
+  assert again == dataset_dir
+  (tmp_path / "other.txt").write_text(f"{names[4]}\n")
+  for other in (str(tmp_path / "other.txt"), None):  # the same name, other pairs held out
+    with pytest.raises(ValueError, match="was prepared with 2 validation pair"):
+      datasets.prepare("paired_folder", raw, tmp_path / "tfds", name="held", validation=other)
+
+
+def test_validation_lists_are_checked(roadscene_sample, tmp_path):
+  raw, _ = roadscene_sample
+  (tmp_path / "absent.txt").write_text("nowhere.jpg\n")
+  with pytest.raises(ValueError, match=r"1 image\(s\) of .*absent.txt are not in .*nowhere.jpg"):
+    datasets.prepare("paired_folder", raw, tmp_path / "tfds", name="a",
+                     validation=str(tmp_path / "absent.txt"))
+  (tmp_path / "twice.txt").write_text("001.jpg\n001.jpg\n")
+  with pytest.raises(ValueError, match="repeats a name"):
+    datasets.prepare("paired_folder", raw, tmp_path / "tfds", name="b",
+                     validation=str(tmp_path / "twice.txt"))
+  with pytest.raises(FileNotFoundError, match="no name list 'nolist.txt'"):
+    datasets.prepare("paired_folder", raw, tmp_path / "tfds", name="c", validation="nolist.txt")
+  with pytest.raises(ValueError, match="a validation list is for paired_folder"):
+    datasets.prepare("tno", raw, tmp_path / "tfds", validation=str(tmp_path / "twice.txt"))
+  assert not list((tmp_path / "tfds").rglob("*.array_record*"))
+
+
+def test_shipped_validation_list_is_every_ninth_training_pair():
+  names = sorted(os.listdir(shared_path("data", "roadscene_train", "ir")))
+  assert datasets.read_name_list("roadscene_train_validation.txt") == names[8::9]
+
+
 def test_tno_three_channel_grey_infrared_becomes_one_channel(tmp_path):
   dataset_dir, _ = datasets.prepare("tno", shared_path("data", "tno"), tmp_path)
   src = datasets.source(dataset_dir, "test")
@@ -65,7 +106,7 @@ def test_tno_three_channel_grey_infrared_becomes_one_channel(tmp_path):
 
 
 def test_roadscene_split_is_the_reference_test_list(tmp_path):
-  test_names = datasets.test_list("roadscene_test_s4fusion.txt")
+  test_names = datasets.read_name_list("roadscene_test_s4fusion.txt")
   assert len(test_names) == 67
   train_names = ["FLIR_99990.jpg", "FLIR_99991.jpg", "FLIR_99992.jpg"]
   for i, name in enumerate(test_names + train_names):

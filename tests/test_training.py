@@ -173,7 +173,7 @@ def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("name,arg", [("default", None), ("smoke", None), ("bundled", "1"),
-                                      ("bundled", "2"), ("bundled", "3")])
+                                      ("bundled", "2"), ("bundled", "3"), ("bundled", "4")])
 def test_every_shipped_config_builds(name, arg):
   module = __import__(f"configs.{name}", fromlist=["get_config"])
   config = module.get_config() if arg is None else module.get_config(arg)
@@ -184,5 +184,14 @@ def test_every_shipped_config_builds(name, arg):
 
 def test_bundled_config_names_its_stages():
   from configs import bundled  # pylint: disable=import-outside-toplevel
-  with pytest.raises(ValueError, match="stage must be '1', '2' or '3'"):
-    bundled.get_config("4")
+  with pytest.raises(ValueError, match=r"stage must be one of \('1', '2', '3', '4'\)"):
+    bundled.get_config("5")
+
+
+def test_bundled_stage_4_validates_on_pairs_it_does_not_train_on():
+  from configs import bundled  # pylint: disable=import-outside-toplevel
+  config = bundled.get_config("4")
+  (train,), val = config.data.train, config.data.val
+  assert (train["split"], val["split"]) == ("train", "validation")
+  assert train["validation"] == val["validation"] and train["name"] == val["name"]
+  assert "tno" not in (val["dataset"] + val["manual_dir"]).lower()
