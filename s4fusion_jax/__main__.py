@@ -9,7 +9,10 @@
                                those pairs of a paired_folder out as a validation split)
     demo                       fuse TNO with the bundled model and every baseline (average,
                                max, and copying either source), write the fused images,
-                               samples and a comparison table
+                               samples and a table (beside the published results on all
+                               25 TNO pairs)
+    figure                     IR | VI | several methods' fused images (--fused LABEL=DIR),
+                               a row per pair (--names), as one PNG
     plot WORKDIR               draw a training run's logged curves to WORKDIR/curves.png
     ablate                     train the paper's ablation variants (configs/ablations.py) alike
                                on --train, evaluate each on --test, write one table and chart
@@ -87,6 +90,17 @@ def _demo(args):
   from s4fusion_jax import evaluation  # pylint: disable=import-outside-toplevel
   print(evaluation.demo(args.out, args.data, args.checkpoint))
   print(f"fused images, samples.png and metrics in {args.out}/<method>/")
+
+
+def _figure(args):
+  from s4fusion_jax import evaluation  # pylint: disable=import-outside-toplevel
+  columns = {}
+  for column in args.fused:
+    label, sep, folder = column.partition("=")
+    if not sep or not label or not folder:
+      raise ValueError(f"--fused takes LABEL=FOLDER, got {column!r}")
+    columns[label] = folder
+  print(evaluation.figure(args.data, columns, args.names, args.out))
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,6 +187,15 @@ def main(argv=None):
   demo.add_argument("--data", help="a folder with ir/ and vi/ (default: TNO)")
   demo.add_argument("--checkpoint", help="a model checkpoint (default: the bundled one)")
   demo.set_defaults(run=_demo)
+  figure = commands.add_parser("figure", help="IR | VI | fused images of several methods, "
+                                "a row per pair, as one PNG")
+  figure.add_argument("--data", required=True, help="the pairs: a folder with ir/ and vi/")
+  figure.add_argument("--fused", nargs="+", required=True,
+                      help="LABEL=FOLDER, a column each (FOLDER: NAME.png files or an "
+                      "evaluate.py output)")
+  figure.add_argument("--names", nargs="+", required=True, help="pair file names, a row each")
+  figure.add_argument("--out", required=True, help="the PNG to write")
+  figure.set_defaults(run=_figure)
   ablate = commands.add_parser("ablate", help="train and compare the paper's ablation variants")
   ablate.add_argument("--train", required=True, help="training pairs: a folder with ir/ and vi/")
   ablate.add_argument("--test", required=True, help="test pairs: a folder with ir/ and vi/")

@@ -18,6 +18,8 @@ from PIL import Image
 from s4fusion_jax import datasets
 from s4fusion_jax import image_files
 from s4fusion_jax import metrics
+from s4fusion_jax import plotting
+from s4fusion_jax import published
 from s4fusion_jax import samples
 
 SAMPLE_HEIGHT = 192
@@ -42,16 +44,6 @@ def _write_text(path, text):
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
-
-
-def _row_image(ir, vi, fused):
-  """IR | VI | fused at SAMPLE_HEIGHT pixels high, RGB uint8."""
-  parts = []
-  for x in (ir, vi, fused):
-    rgb = np.repeat(x, 3, -1) if x.shape[-1] == 1 else x
-    width = max(1, round(rgb.shape[1] * SAMPLE_HEIGHT / rgb.shape[0]))
-    parts.append(np.asarray(Image.fromarray(rgb).resize((width, SAMPLE_HEIGHT), Image.BILINEAR)))
-  return np.concatenate(parts, axis=1)
 
 
 def tables(per_image):
@@ -86,48 +78,119 @@ def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True):
     per_image[name] = metrics.compute(metrics.evaluator_gray(saved), metrics.evaluator_gray(ir),
                                       metrics.evaluator_gray(vi))
     if len(rows) < num_samples:
-      rows.append(_row_image(ir, vi, fused))
+      rows.append([ir, vi, fused])
   csv_text, md, mean = tables(per_image)
   _write_text(os.path.join(out, "metrics.csv"), csv_text)
   _write_text(os.path.join(out, "metrics.json"),
               json.dumps({"mean": mean, "per_image": per_image}, indent=1))
   _write_text(os.path.join(out, "metrics.md"), md)
-  width = max(r.shape[1] for r in rows)
-  rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-  image_files.write_png(os.path.join(out, "samples.png"), np.concatenate(rows, axis=0))
+  image_files.write_png(os.path.join(out, "samples.png"),
+                        plotting.image_rows(rows, SAMPLE_HEIGHT))
   return mean
 
 
-def compare(results, names=samples.PAPER_METRICS):
+def compare(results, names=samples.PAPER_METRICS, bold=True, key=lambda metric, value: value):
   """A markdown table of mean metrics, one row per method; the best of each column in bold.
 
   Args:
-    results: {method: {metric: mean}}.
+    results: {method: {metric: mean}}; a metric a row lacks is shown as "-".
+    bold: whether to mark each column's best value.
+    key: what is compared for the bold, ``key(metric, value)`` (e.g. a rounding: rows that
+      tie at it are all bold).
   """
   lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-  best = {k: max(r[k] for r in results.values()) for k in names}
+  best = {k: max((key(k, r[k]) for r in results.values() if k in r), default=None)
+          for k in names}
   for method, r in results.items():
-    cells = [f"**{r[k]:.4f}**" if r[k] == best[k] else f"{r[k]:.4f}" for k in names]
+    cells = ["-" if k not in r else f"**{r[k]:.4f}**" if bold and key(k, r[k]) == best[k]
+             else f"{r[k]:.4f}" for k in names]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def figure(data, fused_dirs, names, out, height=SAMPLE_HEIGHT):
+  """Draws IR | VI | each method's fused image for the pairs ``names`` of ``data``.
+
+  Args:
+    data: a folder of pairs or a prepared dataset (as ``pairs`` reads it).
+    fused_dirs: {column label: a folder of NAME.png fused images, or an ``evaluate`` output
+      folder (its ``fused/``)}.
+    names: the pairs' file names, one row each, in order.
+    out: the PNG to write.
+  """
+  sources = {name: (ir, vi) for name, ir, vi in pairs(data)}
+  absent = [n for n in names if n not in sources]
+  if absent:
+    raise ValueError(f"pairs {absent} are not in {data}")
+  rows = []
+  for name in names:
+    row = list(sources[name])
+    for label, folder in fused_dirs.items():
+      inner = os.path.join(folder, "fused")
+      path = os.path.join(inner if os.path.isdir(inner) else folder,
+                          os.path.splitext(name)[0] + ".png")
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"no fused image of {name} for {label!r}: {path}")
+      row.append(np.asarray(Image.open(path).convert("RGB")))
+    rows.append(row)
+  image_files.write_png(out, plotting.image_rows(rows, height, ["infrared", "visible",
+                                                                *fused_dirs]))
+  return out
+
+
+# The published TNO table's columns, and AG (the paper's, not in the published table).
+DEMO_METRICS = published.METRICS + ("AG",)
+CONTEXT = ("Context, not fusion networks: simple baselines. MI and VIF measure how much of each "
+           "source's signal the fused image reproduces exactly, so copying a source or taking "
+           "the pixel-wise max scores high on them.")
+
+
+def report(ours, baselines, data, num_pairs, on_tno):
+  """The demo's markdown: our means beside the published rows (on the 25 TNO pairs only).
+
+  Args:
+    ours: {metric: mean} of the model; baselines: {method: {metric: mean}}.
+    data: where the pairs came from (for the title); num_pairs: how many.
+    on_tno: whether they are the 25 pairs of ``published.TNO_PAIRS`` (``is_tno_set``).
+  """
+  rows = {"S4Fusion (this model)": ours}
+  if on_tno:
+    head = (f"Means over all 25 TNO pairs of {data}, beside the means published for them "
+            "(CDDFuse, CVPR 2023, Table 1; AG is not published). Bold: the best of each "
+            "column among the fusion networks at the published two decimals (SSIM as the "
+            "sum), so rows that tie there are all bold.")
+    table = published.tno_results()
+    rows.update(table)
+    counts = [f"{method} on {len(w)} of {len(published.METRICS)} ({', '.join(w) or 'none'})"
+              for method, w in ((m, published.wins(ours, r)) for m, r in table.items())]
+    head_to_head = ("\nS4Fusion beats (at the table's two decimals, SSIM as the sum): "
+                    + "; ".join(counts) + ".\n")
+  else:
+    head = (f"Means over a sample of {num_pairs} pairs ({data}). The published means are over "
+            "all 25 TNO pairs, so they are not shown: run on ../shared/data/tno to see them.")
+    head_to_head = ""
+  return (head + "\n\n" + compare(rows, DEMO_METRICS, bold=len(rows) > 1, key=published.rounded)
+          + head_to_head + "\n" + CONTEXT
+          + "\n\n" + compare(baselines, DEMO_METRICS, bold=False))
 
 
 def demo(out, data=None, checkpoint_dir=None, progress=True):
   """Fuses TNO with the model and every baseline of ``METHODS``; writes OUT/comparison.md.
 
   ``data`` defaults to ../shared/data/tno beside the checkout, else the pairs bundled in
-  demo_data/tno. Returns the comparison table.
+  demo_data/tno. On all 25 TNO pairs the published results are shown beside ours (``report``).
+  Returns the report.
   """
   from s4fusion_jax import inference  # pylint: disable=import-outside-toplevel
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   shared = os.path.join(repo, "..", "shared", "data", "tno")
   data = data or (shared if os.path.isdir(shared) else os.path.join(repo, "demo_data", "tno"))
-  results = {}
-  fusers = [("S4Fusion", inference.Fuser.from_flags(checkpoint_dir))]
-  fusers += [(method, inference.Fuser(method=method)) for method in inference.METHODS]
-  for label, fuser in fusers:
-    results[label] = evaluate(fuser, data, os.path.join(out, label), progress=progress)
-  table = compare(results)
-  _write_text(os.path.join(out, "comparison.md"), f"Mean metrics on {os.path.abspath(data)}\n\n"
-              + table)
-  return table
+  infrared = {name: ir for name, ir, _ in pairs(data)}
+  ours = evaluate(inference.Fuser.from_flags(checkpoint_dir), data, os.path.join(out, "S4Fusion"),
+                  progress=progress)
+  baselines = {method: evaluate(inference.Fuser(method=method), data, os.path.join(out, method),
+                                progress=progress) for method in inference.METHODS}
+  text = report(ours, baselines, os.path.abspath(data), len(infrared),
+                published.is_tno_set(infrared))
+  _write_text(os.path.join(out, "comparison.md"), text)
+  return text

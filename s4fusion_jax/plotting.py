@@ -106,3 +106,37 @@ def bar_chart(results, out):
   metrics = list(next(iter(results.values())))
   return _write_grid(
       [_bar_panel(m, {label: r[m] for label, r in results.items()}) for m in metrics], out)
+
+
+def image_rows(rows, height=192, header=None):
+  """Rows of images side by side, each row scaled to one width: no padding bands.
+
+  Args:
+    rows: lists of uint8 images (H, W, 1|3); a row's images are scaled to ``height`` pixels
+      high, then every row to the widest row's width (its height follows its aspect ratio).
+    header: optional column labels, drawn in a white strip above the first row at the
+      first row's column positions.
+
+  Returns:
+    One RGB uint8 image.
+  """
+  def scaled(x, size):
+    rgb = np.repeat(x, 3, -1) if x.shape[-1] == 1 else x
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+
+  lines, edges = [], []
+  for row in rows:
+    widths = [max(1, round(x.shape[1] * height / x.shape[0])) for x in row]
+    lines.append(np.concatenate([scaled(x, (w, height)) for x, w in zip(row, widths)], axis=1))
+    edges.append(np.cumsum([0] + widths[:-1]))
+  width = max(line.shape[1] for line in lines)
+  lines = [line if line.shape[1] == width else scaled(
+      line, (width, max(1, round(height * width / line.shape[1])))) for line in lines]
+  if header:
+    strip = Image.new("RGB", (width, 18), "white")
+    draw = ImageDraw.Draw(strip)
+    scale = width / sum(x.shape[1] * height / x.shape[0] for x in rows[0])
+    for left, label in zip(edges[0], header):
+      draw.text((left * scale + 4, 3), label, fill="black")
+    lines.insert(0, np.asarray(strip))
+  return np.concatenate(lines, axis=0)

@@ -22,6 +22,7 @@ from s4fusion_jax import inference
 from s4fusion_jax import metrics
 from s4fusion_jax import model as model_lib
 from s4fusion_jax import plotting
+from s4fusion_jax import published
 from s4fusion_jax import samples
 
 TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
@@ -177,21 +178,109 @@ def test_evaluator_gray_follows_opencv():
 
 def test_demo_on_the_bundled_pairs(tmp_path):
   checkpoint.save_model(tmp_path / "tiny", model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0)))
-  table = evaluation.demo(str(tmp_path / "demo"), data=str(REPO / "demo_data" / "tno"),
-                          checkpoint_dir=str(tmp_path / "tiny"), progress=False)
-  assert table.splitlines()[0] == "| method | MI | SF | AG | SSIM | VIF | Qabf |"
-  assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == [
-      "| S4Fusion", "| average", "| max", "| infrared", "| visible"]
+  text = evaluation.demo(str(tmp_path / "demo"), data=str(REPO / "demo_data" / "tno"),
+                         checkpoint_dir=str(tmp_path / "tiny"), progress=False)
+  assert text.startswith("Means over a sample of 4 pairs")
+  tables = [line for line in text.splitlines() if line.startswith("| method")]
+  assert tables == ["| method | " + " | ".join(evaluation.DEMO_METRICS) + " |"] * 2
+  rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
+  assert rows == ["| method", "| S4Fusion (this model)", "| method", "| average", "| max",
+                  "| infrared", "| visible"]  # no published rows on a sample
+  assert "**" not in text
   names = sorted(os.listdir(REPO / "demo_data" / "tno" / "ir"))
   for method in ("S4Fusion", *inference.METHODS):
     check_outputs(tmp_path / "demo" / method, names)
-  assert (tmp_path / "demo" / "comparison.md").read_text().endswith(table)
+  assert (tmp_path / "demo" / "comparison.md").read_text() == text
 
 
 def test_compare_marks_the_best():
   table = evaluation.compare({"a": {"MI": 1.0, "SF": 3.0}, "b": {"MI": 2.0, "SF": 1.0}},
                              names=("MI", "SF"))
   assert "| a | 1.0000 | **3.0000** |" in table and "| b | **2.0000** | 1.0000 |" in table
+  table = evaluation.compare({"a": {"MI": 1.004}, "b": {"MI": 1.0, "SF": 2.0}}, names=("MI", "SF"),
+                             key=lambda metric, value: round(value, 2))
+  assert "| a | **1.0040** | - |" in table and "| b | **1.0000** | **2.0000** |" in table
+
+
+def test_report_puts_the_published_rows_beside_ours_on_tno_only():
+  ours = dict(EN=7.2, SD=40.0, SF=13.15, MI=2.5, SCD=1.8, VIF=0.774, Qabf=0.5, SSIM=0.5176,
+              AG=4.0)
+  baselines = {"max": {k: 1.0 for k in evaluation.DEMO_METRICS}}
+  text = evaluation.report(ours, baselines, "/data/tno", 25, on_tno=True)
+  for method in published.tno_results():
+    assert text.count(f"| {method} |") == 1
+  # Two decimals decide (SSIM as the sum): SF 13.15 and VIF 0.77 tie with CDDFuse; SSIM
+  # 1.0352 -> 1.04 beats 1.03.
+  assert "CDDFuse on 4 of 8 (EN, MI, SCD, SSIM)" in text
+  assert "| S4Fusion (this model) | **7.2000** | 40.0000 | 13.1500 |" in text
+  assert "| CDDFuse | 7.1200 | **46.0000** | 13.1500 |" in text  # RFN-Nest's SF 15.71 is best
+  assert "| max | 1.0000 |" in text and "MI and VIF" in text
+  sample = evaluation.report(ours, baselines, "/data/x", 4, on_tno=False)
+  assert "CDDFuse" not in sample and "a sample of 4 pairs" in sample
+
+
+def test_published_table_and_the_tie_rule():
+  table = published.tno_results()
+  assert len(table) == 8 and all(tuple(r) == published.METRICS for r in table.values())
+  assert table["CDDFuse"]["SSIM"] == pytest.approx(0.515) and table["SDNet"]["SCD"] == 1.49
+  cdd = table["CDDFuse"]
+  assert published.wins(dict(cdd), cdd) == []  # equal is not better
+  assert published.wins(dict(cdd, VIF=0.7749, SSIM=0.5174), cdd) == []  # ties at 2 decimals
+  assert published.wins(dict(cdd, VIF=0.7751, SSIM=0.5176), cdd) == ["VIF", "SSIM"]
+
+
+def test_the_published_pairs_are_recognised_by_their_pixels(tmp_path):
+  tno = {name: ir for name, ir, _ in evaluation.pairs(shared_path("data", "tno"))}
+  assert published.is_tno_set(tno)
+  assert not published.is_tno_set({k: v for k, v in tno.items() if k != "01.png"})
+  changed = dict(tno)
+  changed["07.png"] = changed["07.png"].copy()
+  changed["07.png"][0, 0] ^= 1
+  assert not published.is_tno_set(changed)
+  for name, ir, _ in evaluation.pairs(str(REPO / "demo_data" / "tno")):  # re-encoded files
+    assert published.fingerprint(ir) == published.TNO_PAIRS[name]
+
+
+def test_sample_rows_of_different_widths_leave_no_bands():
+  rng = np.random.default_rng(0)
+  wide = rng.integers(1, 256, (30, 90, 1), np.uint8)
+  tall = rng.integers(1, 256, (60, 40, 3), np.uint8)
+  image = plotting.image_rows([[wide, wide], [tall, tall, tall]], height=20, header=["a", "b"])
+  assert image.shape == (18 + 20 + round(20 * 120 / 39), 120, 3)  # rows 120 and 3 x 13 wide
+  body = image[18:]
+  assert body.min(axis=(1, 2)).max() > 0 and (body.reshape(-1, 3).max(1) > 0).all()
+
+
+def test_figure_command_draws_a_row_per_pair(tmp_path, capsys):
+  data = REPO / "demo_data" / "tno"
+  names = ["08.png", "07.png"]  # 595 x 328 first: the widest row sets the figure's width
+  for label, level in (("a", 60), ("b", 200)):
+    for name in names:  # fused images the size of their pair, as fuse writes them
+      height, width = image_files.read_ir(data / "ir" / name).shape[:2]
+      image_files.write_png(tmp_path / label / "fused" / name,
+                            np.full((height, width, 1), level, np.uint8))
+  out = tmp_path / "figure.png"
+  assert cli.main(["figure", "--data", str(data), "--fused", f"old={tmp_path / 'a'}",
+                   f"new={tmp_path / 'b' / 'fused'}", "--names", *names, "--out", str(out)]) == 0
+  image = np.asarray(Image.open(out))
+  first = image_files.read_ir(data / "ir" / names[0])
+  # Four columns at one height: the widest pair's row is exactly four of its images wide.
+  assert image.shape[1] == 4 * round(first.shape[1] * evaluation.SAMPLE_HEIGHT / first.shape[0])
+  row = image[18:18 + evaluation.SAMPLE_HEIGHT]
+  quarter = image.shape[1] // 4
+  assert abs(int(row[:, 2 * quarter + 5:3 * quarter - 5].mean()) - 60) <= 1
+  assert abs(int(row[:, 3 * quarter + 5:].mean()) - 200) <= 1
+  assert cli.main(["figure", "--data", str(data), "--fused", f"old={tmp_path / 'a'}",
+                   "--names", "nope.png", "--out", str(out)]) == 2
+  assert cli.main(["figure", "--data", str(data), "--fused", str(tmp_path / "a"),
+                   "--names", *names, "--out", str(out)]) == 2
+  os.remove(tmp_path / "a" / "fused" / names[1])
+  assert cli.main(["figure", "--data", str(data), "--fused", f"old={tmp_path / 'a'}",
+                   "--names", *names, "--out", str(tmp_path / "other.png")]) == 2
+  err = capsys.readouterr().err
+  assert "pairs ['nope.png'] are not in" in err and "--fused takes LABEL=FOLDER" in err
+  assert f"no fused image of {names[1]} for 'old'" in err
+  assert not (tmp_path / "other.png").exists()
 
 
 def test_plot_draws_every_series(tmp_path):
