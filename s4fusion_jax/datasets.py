@@ -143,7 +143,7 @@ def _held_out_splits(builder, root, held_out, list_name, held_split):
       image_files.list_images(find_modality_dir(root, VI_DIRS)))
   absent = sorted(set(held_out) - names)
   if absent:
-    raise ValueError(f"{len(absent)} image(s) of {list_name} are not in {root}: "
+    raise ValueError(f"{len(absent)} {held_split} image(s) of {list_name} are not in {root}: "
                      f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
   return {"train": builder._pairs(root, sorted(names - set(held_out))),
           held_split: builder._pairs(root, sorted(held_out))}

@@ -78,7 +78,8 @@ def test_paired_folder_holds_out_a_validation_list(roadscene_sample, tmp_path):
 def test_validation_lists_are_checked(roadscene_sample, tmp_path):
   raw, _ = roadscene_sample
   (tmp_path / "absent.txt").write_text("nowhere.jpg\n")
-  with pytest.raises(ValueError, match=r"1 image\(s\) of .*absent.txt are not in .*nowhere.jpg"):
+  with pytest.raises(ValueError,
+                     match=r"1 validation image\(s\) of .*absent.txt are not in .*nowhere.jpg"):
     datasets.prepare("paired_folder", raw, tmp_path / "tfds", name="a",
                      validation=str(tmp_path / "absent.txt"))
   (tmp_path / "twice.txt").write_text("001.jpg\n001.jpg\n")
