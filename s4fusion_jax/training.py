@@ -84,9 +84,9 @@ def create_train_state(config, tx, init_from=None):
 
 
 def _sources(entries, data_dir):
-  """Prepares (if needed) and opens each ``{dataset, manual_dir, split, weight}`` entry
+  """Prepares (if needed) and opens each ``{dataset, manual_dir, split, weight}`` entry.
 
-  (optional keys: ``name``, ``skip_bad_pairs``, ``validation``: see ``datasets.prepare``).
+  Optional keys ``name``, ``skip_bad_pairs`` and ``validation`` go to ``datasets.prepare``.
   """
   sources, weights = [], []
   for entry in entries:
