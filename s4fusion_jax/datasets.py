@@ -128,6 +128,17 @@ class _PairedBuilder(tfds.core.GeneratorBasedBuilder):
     self.skipped += skipped
     return self._generate_examples(pairs)
 
+  def _held_out_splits(self, root, held_out, list_name, held_split):
+    """{"train": the pairs of ``root`` not in ``held_out``, held_split: those in it}."""
+    names = set(image_files.list_images(find_modality_dir(root, IR_DIRS))) | set(
+        image_files.list_images(find_modality_dir(root, VI_DIRS)))
+    absent = sorted(set(held_out) - names)
+    if absent:
+      raise ValueError(f"{len(absent)} {held_split} image(s) of {list_name} are not in {root}: "
+                       f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
+    return {"train": self._pairs(root, sorted(names - set(held_out))),
+            held_split: self._pairs(root, sorted(held_out))}
+
   def _generate_examples(self, pairs):
     for pair in pairs:
       yield pair.name, {
@@ -137,26 +148,14 @@ class _PairedBuilder(tfds.core.GeneratorBasedBuilder):
       }
 
 
-def _held_out_splits(builder, root, held_out, list_name, held_split):
-  """{"train": the pairs of ``root`` not in ``held_out``, held_split: those in it}."""
-  names = set(image_files.list_images(find_modality_dir(root, IR_DIRS))) | set(
-      image_files.list_images(find_modality_dir(root, VI_DIRS)))
-  absent = sorted(set(held_out) - names)
-  if absent:
-    raise ValueError(f"{len(absent)} {held_split} image(s) of {list_name} are not in {root}: "
-                     f"{absent[:10]}{' ...' if len(absent) > 10 else ''}")
-  return {"train": builder._pairs(root, sorted(names - set(held_out))),
-          held_split: builder._pairs(root, sorted(held_out))}
-
-
 class _ListSplitBuilder(_PairedBuilder):
   """One folder of pairs, split into train / test by the reference's test list."""
 
   TEST_LIST = ""
 
   def _split_generators(self, dl_manager):
-    return _held_out_splits(self, dl_manager.manual_dir, read_name_list(self.TEST_LIST),
-                            self.TEST_LIST, "test")
+    return self._held_out_splits(dl_manager.manual_dir, read_name_list(self.TEST_LIST),
+                                 self.TEST_LIST, "test")
 
 
 class Msrs(_PairedBuilder):
@@ -226,8 +225,8 @@ class PairedFolder(_PairedBuilder):
 
   def _split_generators(self, dl_manager):
     if self.builder_config.validation:
-      return _held_out_splits(self, dl_manager.manual_dir, self.builder_config.validation,
-                              self.builder_config.validation_list, "validation")
+      return self._held_out_splits(dl_manager.manual_dir, self.builder_config.validation,
+                                   self.builder_config.validation_list, "validation")
     return {"train": self._pairs(dl_manager.manual_dir)}
 
 
@@ -272,12 +271,10 @@ def prepare(dataset, manual_dir, data_dir, *, skip_bad_pairs=False, name=None, v
 
 def _check_held_out(builder, held_out, skip_bad_pairs):
   """A paired folder prepared earlier under the same name must hold out the same pairs."""
-  splits = builder.info.splits
   have = set()
-  if "validation" in splits:
-    have = {e["name"].decode() for e in builder.as_data_source(
-        split="validation", decoders={"ir": tfds.decode.SkipDecoding(),
-                                      "vi": tfds.decode.SkipDecoding()})}
+  if "validation" in builder.info.splits:
+    have = {e["name"].decode() for e in source(os.fspath(builder.data_dir), "validation",
+                                               decode_images=False)}
   if have != set(held_out) and not (skip_bad_pairs and have <= set(held_out)):
     raise ValueError(f"{builder.data_dir} was prepared with {len(have)} validation pair(s), "
                      f"not the {len(held_out)} asked for: prepare it under another name, or "

@@ -138,8 +138,7 @@ def figure(data, fused_dirs, names, out, height=SAMPLE_HEIGHT):
   return out
 
 
-# The published TNO table's columns, and AG (the paper's, not in the published table).
-DEMO_METRICS = published.METRICS + ("AG",)
+DEMO_METRICS = samples.VALIDATION_METRICS  # the published TNO table's columns, and AG
 CONTEXT = ("Context, not fusion networks: simple baselines. MI and VIF measure how much of each "
            "source's signal the fused image reproduces exactly, so copying a source or taking "
            "the pixel-wise max scores high on them.")

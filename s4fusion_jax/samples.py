@@ -24,16 +24,12 @@ from s4fusion_jax import image_files
 from s4fusion_jax import inference
 from s4fusion_jax import metrics
 from s4fusion_jax import model as model_lib
+from s4fusion_jax import plotting
+from s4fusion_jax import published
 
 PAPER_METRICS = ("MI", "SF", "AG", "SSIM", "VIF", "Qabf")
-# Validation also records the other columns of the published TNO table (../shared/anchors).
-VALIDATION_METRICS = PAPER_METRICS + ("EN", "SD", "SCD")
-
-
-def grid(rows):
-  """Rows of (ir, vi, fused), each (H, W, 1|3) uint8 of one H, -> one RGB uint8 image."""
-  rgb = lambda x: np.repeat(x, 3, -1) if x.shape[-1] == 1 else x
-  return np.concatenate([np.concatenate([rgb(x) for x in row], axis=1) for row in rows], axis=0)
+# Validation records the columns of the published TNO table and AG (the demo's columns).
+VALIDATION_METRICS = published.METRICS + ("AG",)
 
 
 def centre_crop(x, size):
@@ -69,7 +65,8 @@ class Validation:
     vi_y = inference.to_uint8(self.vi)
     if self.writer:
       image_files.write_png(os.path.join(self.workdir, "samples", f"step_{step:06d}.png"),
-                            grid(list(zip(self.ir, self.vi_rgb, fused))))
+                            plotting.image_rows(list(zip(self.ir, self.vi_rgb, fused)),
+                                                self.config.eval_size))
     scores = [metrics.compute(f[..., 0], a[..., 0], b[..., 0])
               for f, a, b in zip(fused, self.ir, vi_y)]
     record = {f"val/{k}": float(np.mean([s[k] for s in scores])) for k in VALIDATION_METRICS}
