@@ -164,33 +164,55 @@ _OUTPUTS = {
 }
 
 
-def _sum_over_d(x, v):
-  """sum_d x v: x (T, N, b, G, D), v (T, b, G, D) -> (T, N, b, G), as a batched dot."""
+def _dot_over_d(x, v):
+  """sum_d x v, batched: x (T, N, b, G, D), v (T, b, G, D) -> (T, N, b, G), as a dot."""
   out = jax.lax.dot_general(x, v, (((4,), (3,)), ((0, 2, 3), (0, 1, 2))))  # (T, b, G, N)
   return jnp.moveaxis(out, -1, 1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _chunked(u, dt, A, B, C, inner):
-  """y_t = C_t . h_t over K chunks of T steps: u, dt (K, T, b, G, D), B, C (K, T, N, b, G).
+LANES = 8
 
+
+def _sum_over_d(x):
+  """x summed over its trailing d axis, inside a loop body: (..., D) -> (...).
+
+  First the D / 8 slices of 8 consecutive d are added (vectorised adds), then the 8 lanes.
+  In a loop body XLA:CPU hands a ``reduce`` to a library call that costs tens of
+  microseconds each step, and a batched dot needs a transposed copy of the chunk's states.
+  """
+  lanes = LANES if x.shape[-1] % LANES == 0 else 1
+  x = x.reshape(*x.shape[:-1], x.shape[-1] // lanes, lanes)
+  return _sum_over_n(_sum_over_n(x, x.ndim - 2), x.ndim - 2)
+
+
+def _softplus_slope(dt):
+  """softplus'(x) = sigmoid(x) from dt = softplus(x): 1 - exp(-dt)."""
+  return -jnp.expm1(-dt)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _chunked(u, delta, A, B, C, D, delta_bias, inner):
+  """y_t = C_t . h_t + D u_t over K chunks of T steps, time-major.
+
+  u, delta (K, T, b, G, D); A (N, G, D); B, C (K, T, N, b, G); D, delta_bias (G, D).
   Forward: a ``lax.scan`` over the chunks carries the state; each chunk runs ``inner``.
   Backward (``_chunked_bwd``): Mamba's reverse pass, from the K chunk-start states only.
   """
-  return _chunked_fwd(u, dt, A, B, C, inner)[0]
+  return _chunked_fwd(u, delta, A, B, C, D, delta_bias, inner)[0]
 
 
-def _chunked_fwd(u, dt, A, B, C, inner):
-  """y and the residuals: the inputs and the state at the start of every chunk."""
+def _chunked_fwd(u, delta, A, B, C, D, delta_bias, inner):
+  """y and the residuals: the inputs, dt and the state at the start of every chunk."""
+  dt = jax.nn.softplus(delta + delta_bias)
 
   def chunk(h, inputs):
     u_k, dt_k, B_k, C_k = inputs
     h_last, y_k = _OUTPUTS[inner](h, dt_k, A, dt_k * u_k, B_k, C_k)
-    return h_last, (y_k, h)
+    return h_last, (y_k + D * u_k, h)
 
   h0 = jnp.zeros((A.shape[0], *u.shape[2:]), u.dtype)
   _, (y, starts) = jax.lax.scan(chunk, h0, (u, dt, B, C))
-  return y, (u, dt, A, B, C, starts)
+  return y, (u, dt, A, B, C, D, starts)
 
 
 def _adjoint_terms(lam, h, p, B, dt, A, axis):
@@ -207,51 +229,61 @@ def _adjoint_terms(lam, h, p, B, dt, A, axis):
 
 
 def _chunked_bwd(inner, residuals, dy):
-  """Gradients of u, dt, A, B, C from dy (K, T, b, G, D), chunk by chunk in reverse time.
+  """Gradients of every input from dy (K, T, b, G, D), chunk by chunk in reverse time.
 
-  With a_t = exp(dt_t A) and p_t = dt_t u_t, the adjoint state
+  With a_t = exp(dt_t A), dt_t = softplus(delta_t + delta_bias) and p_t = dt_t u_t, the
+  adjoint state
       lam_t = dL/dh_t = a_{t+1} lam_{t+1} + C_t dy_t
   is the same recurrence run backwards. Per chunk, the states h_t are recomputed from the
   chunk's start and lam_t run back from the next chunk's first lam; then, with
   w_t = lam_t a_t h_{t-1} = lam_t (h_t - B_t p_t):
-      dp_t = sum_n B_t lam_t       du_t = dt_t dp_t       ddt_t = u_t dp_t + sum_n A w_t
-      dB_t = sum_d p_t lam_t       dC_t = sum_d dy_t h_t  dA = sum_{t, b} dt_t w_t
-  On CPU (``inner`` sequential) the per-step terms are formed inside the reverse loop while
-  lam_t is in cache; an associative ``inner`` forms them over the whole chunk at once.
+      dp_t = sum_n B_t lam_t      du_t = dt_t dp_t + D dy_t   ddt_t = u_t dp_t + sum_n A w_t
+      ddelta_t = softplus'(.) ddt_t                            d delta_bias = sum_{t, b} ddelta_t
+      dB_t = sum_d p_t lam_t      dC_t = sum_d dy_t h_t       dA = sum_{t, b} dt_t w_t
+      dD = sum_{t, b} u_t dy_t
+  On CPU (``inner`` sequential) the per-step terms and the sums over t are formed inside the
+  reverse loop while lam_t is in cache; an associative ``inner`` forms them over whole chunks.
   """
-  u, dt, A, B, C, starts = residuals
+  u, dt, A, B, C, D, starts = residuals
   num_chunks, length = dt.shape[:2]
   # dt_{t+1} for every t, with dt = 0 (decay 1, multiplying lam = 0) after the last step.
   dt_next = jnp.concatenate([dt.reshape(num_chunks * length, *dt.shape[2:])[1:],
                              jnp.zeros_like(dt[0, :1])]).reshape(dt.shape)
 
   def chunk(carry, inputs):
-    lam_next, dA = carry  # dA: (N, b, G, D), summed over b at the end
+    lam_next, dA, dD, dbias = carry  # dA (N, b, G, D), dD, dbias (b, G, D): summed over b last
     u_k, dt_k, dt_next_k, B_k, C_k, dy_k, h_start = inputs
     p_k = dt_k * u_k
     h = _states(h_start, dt_k, A, p_k, B_k, inner)
     if inner == ScanBackend.SEQUENTIAL:
 
       def step(carry, inputs):
-        lam, dA = carry
-        dt_next_t, dy_t, C_t, h_t, p_t, B_t, dt_t = inputs
+        lam, dA, dD, dbias = carry
+        dt_next_t, dy_t, C_t, h_t, p_t, B_t, dt_t, u_t = inputs
         lam = _step(lam, dt_next_t, A, dy_t, C_t)
         dA_t, dp_t, decay_t = _adjoint_terms(lam, h_t, p_t, B_t, dt_t, A, 0)
-        return (lam, dA + dA_t), (lam, dp_t, decay_t)
+        ddelta_t = (u_t * dp_t + decay_t) * _softplus_slope(dt_t)
+        grads = (dt_t * dp_t + D * dy_t, ddelta_t, _sum_over_d(lam * p_t),
+                 _sum_over_d(h_t * dy_t))
+        return (lam, dA + dA_t, dD + u_t * dy_t, dbias + ddelta_t), grads
 
-      (lam_first, dA), (lam, dp, decay) = jax.lax.scan(
-          step, (lam_next, dA), (dt_next_k, dy_k, C_k, h, p_k, B_k, dt_k), reverse=True)
+      (lam_first, dA, dD, dbias), grads = jax.lax.scan(
+          step, (lam_next, dA, dD, dbias), (dt_next_k, dy_k, C_k, h, p_k, B_k, dt_k, u_k),
+          reverse=True)
     else:
       lam = _states(lam_next, dt_next_k, A, dy_k, C_k, inner, reverse=True)
       dA_k, dp, decay = _adjoint_terms(lam, h, p_k, B_k, dt_k, A, 1)
+      ddelta = (u_k * dp + decay) * _softplus_slope(dt_k)
+      grads = (dt_k * dp + D * dy_k, ddelta, _dot_over_d(lam, p_k), _dot_over_d(h, dy_k))
       lam_first, dA = lam[0], dA + jnp.sum(dA_k, axis=0)
-    grads = (dt_k * dp, u_k * dp + decay, _sum_over_d(lam, p_k), _sum_over_d(h, dy_k))
-    return (lam_first, dA), grads
+      dD, dbias = dD + jnp.sum(u_k * dy_k, axis=0), dbias + jnp.sum(ddelta, axis=0)
+    return (lam_first, dA, dD, dbias), grads
 
-  zeros = jnp.zeros_like(starts[0])
-  (_, dA), (du, ddt, dB, dC) = jax.lax.scan(
-      chunk, (zeros, zeros), (u, dt, dt_next, B, C, dy, starts), reverse=True)
-  return du, ddt, jnp.sum(dA, axis=1), dB, dC
+  zeros, sums = jnp.zeros_like(starts[0]), jnp.zeros_like(dt[0, 0])
+  (_, dA, dD, dbias), (du, ddelta, dB, dC) = jax.lax.scan(
+      chunk, (zeros, zeros, sums, sums), (u, dt, dt_next, B, C, dy, starts), reverse=True)
+  dA, dD, dbias = (_sum_over_n(x, x.ndim - 3) for x in (dA, dD, dbias))  # over b
+  return du, ddelta, dA, dB, dC, dD, dbias
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
@@ -282,7 +314,6 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
   dtype = state_dtype(u.dtype)
   u, delta, A, B, C, D, delta_bias = (
       x.astype(dtype) for x in (u, delta, A, B, C, D, delta_bias))
-  delta = jax.nn.softplus(delta + delta_bias)
   batch, length = u.shape[:2]
   u_t, delta_t = (jnp.moveaxis(x, 1, 0) for x in (u, delta))     # (L, b, G, D)
   B_t, C_t = (jnp.transpose(x, (1, 3, 0, 2)) for x in (B, C))    # (L, N, b, G)
@@ -291,14 +322,15 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
     chunk = min(chunk or DEFAULT_CHUNK, length)
     chunks = -(-length // chunk)
 
-    def split(x):  # (L, ...) -> (chunks, chunk, ...), padded with zeros (dt = 0: no step)
+    def split(x):  # (L, ...) -> (chunks, chunk, ...), padded with zeros (no input, no output)
       x = jnp.pad(x, [(0, chunks * chunk - length)] + [(0, 0)] * (x.ndim - 1))
       return x.reshape(chunks, chunk, *x.shape[1:])
 
     inner = CHUNK_INNER.get(platform, CHUNK_INNER_DEFAULT)
-    y = _chunked(split(u_t), split(delta_t), A, split(B_t), split(C_t), inner)
+    y = _chunked(split(u_t), split(delta_t), A, split(B_t), split(C_t), D, delta_bias, inner)
     y = y.reshape(chunks * chunk, *y.shape[2:])[:length]
-  else:
-    h0 = jnp.zeros((A.shape[0], batch, *A.shape[1:]), dtype)
-    y = _OUTPUTS[backend](h0, delta_t, A, delta_t * u_t, B_t, C_t)[1]
+    return jnp.moveaxis(y, 0, 1)
+  delta_t = jax.nn.softplus(delta_t + delta_bias)
+  h0 = jnp.zeros((A.shape[0], batch, *A.shape[1:]), dtype)
+  y = _OUTPUTS[backend](h0, delta_t, A, delta_t * u_t, B_t, C_t)[1]
   return jnp.moveaxis(y, 0, 1) + D * u

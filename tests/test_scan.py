@@ -101,9 +101,10 @@ def all_gradients(backend, args, chunk=None):
   return jax.jit(jax.grad(loss, argnums=tuple(range(7))))(*args)
 
 
-# (batch, L, G, D, N, chunk): SS2D-like (4 directions, N = 12) and Cross SS2D-like (even L,
-# N = 18), each with L not a multiple of the chunk (a padded last chunk), and one chunk > L.
-VJP_CASES = [(2, 37, 4, 6, 12, 8), (3, 2 * 21, 4, 9, 18, 16), (1, 2 * 5, 4, 3, 18, 128)]
+# (batch, L, G, D, N, chunk): SS2D-like (4 directions, N = 12, D a multiple of 8: the
+# 8-lane sums over d) and Cross SS2D-like (even L, N = 18), each with L not a multiple of the
+# chunk (a padded last chunk), and one chunk > L.
+VJP_CASES = [(2, 37, 4, 16, 12, 8), (3, 2 * 21, 4, 9, 18, 16), (1, 2 * 5, 4, 3, 18, 128)]
 
 
 @pytest.mark.parametrize("inner", [scan.ScanBackend.SEQUENTIAL, scan.ScanBackend.ASSOCIATIVE])
@@ -119,7 +120,7 @@ def test_chunked_vjp_matches_autodiff_float64(monkeypatch, inner, case):
 
 
 def test_chunked_vjp_matches_autodiff_float32():
-  args = random_inputs(jax.random.key(7), 2, 2 * 45, 4, 12, 18)
+  args = random_inputs(jax.random.key(7), 2, 2 * 45, 4, 16, 18)
   errors = relative_errors(all_gradients("chunked", args, 32), all_gradients("sequential", args))
   assert max(errors) < 1e-4, errors
 
