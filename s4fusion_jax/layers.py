@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from s4fusion_jax import depthwise_conv
+
 NORM_EPS = 1e-5  # PyTorch's default for LayerNorm and BatchNorm
 linear_init = nnx.initializers.normal(stddev=0.02)
 
@@ -37,12 +39,19 @@ def linear(in_features, out_features, *, rngs, dtype=None, param_dtype=jnp.float
 
 def conv(in_features, out_features, kernel_size, *, rngs, stride=1, padding="VALID",
          groups=1, use_bias=True, dtype=None, param_dtype=jnp.float32):
-  """``nn.Conv2d`` with PyTorch's default initialisation; kernel (kh, kw, in/groups, out)."""
+  """``nn.Conv2d`` with PyTorch's default initialisation; kernel (kh, kw, in/groups, out).
+
+  A depthwise convolution (one filter per channel, stride 1, explicit padding) runs through
+  ``depthwise_conv``, whose kernel gradient XLA:CPU computes without a dense C x C convolution.
+  """
   fan_in = (in_features // groups) * kernel_size * kernel_size
+  depthwise = (groups == in_features == out_features and stride == 1
+               and not isinstance(padding, str))
+  extra = {"conv_general_dilated": depthwise_conv.conv_general_dilated} if depthwise else {}
   return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
                   padding=padding, feature_group_count=groups, use_bias=use_bias,
                   kernel_init=fan_in_uniform(fan_in), bias_init=fan_in_uniform(fan_in),
-                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                  dtype=dtype, param_dtype=param_dtype, rngs=rngs, **extra)
 
 
 def batch_norm(num_features, *, rngs, dtype=None, param_dtype=jnp.float32):

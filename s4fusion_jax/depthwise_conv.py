@@ -1,0 +1,82 @@
+"""The depthwise convolution of SS2D and CMSA, with a kernel gradient XLA:CPU computes fast.
+
+    y[b, h, w, c] = sum_{i, j} x_pad[b, h + i, w + j, c] K[i, j, 0, c]
+
+channels-last x (batch, H, W, C), kernel K (k, k, 1, C) (one k x k filter per channel), stride
+1, zero padding. The forward and the input gradient are XLA's convolutions. The kernel gradient
+is the same sum read the other way,
+
+    dK[i, j, 0, c] = sum_{b, h, w} x_pad[b, h + i, w + j, c] dy[b, h, w, c],
+
+k^2 products of shifted x with dy, each summed over batch and space, one tap at a time in a
+``lax.scan`` (written as k^2 separate sums, XLA kept every product alive at once: 2.7x the
+memory). JAX's own transpose of a grouped convolution is a convolution with
+``batch_group_count`` = C, which XLA:CPU computes as a dense (k, k, C, C) convolution before
+keeping its diagonal (C times the work), and inside a loop body (``lax.scan`` over
+micro-batches) without its convolution library: 10x slower there.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+CHANNELS_LAST = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x, kernel, padding, precision):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), padding, dimension_numbers=CHANNELS_LAST,
+      feature_group_count=x.shape[-1], precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv(x, kernel, padding, precision=None):
+  """x (batch, H, W, C), kernel (k, k, 1, C), padding ((top, bottom), (left, right)).
+
+  Returns y (batch, H + top + bottom - k + 1, W + left + right - k + 1, C).
+  """
+  return _conv(x, kernel, padding, precision)
+
+
+def _depthwise_conv_fwd(x, kernel, padding, precision):
+  return _conv(x, kernel, padding, precision), (x, kernel)
+
+
+def _depthwise_conv_bwd(padding, precision, residuals, dy):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _conv(x, kernel, padding, precision), x)[1](dy)[0]
+  size_h, size_w = kernel.shape[:2]
+  x_pad = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  taps = jnp.array([(i, j) for i in range(size_h) for j in range(size_w)])
+  total_dtype = jnp.promote_types(dy.dtype, jnp.float32)
+
+  def tap(_, offset):  # dK[i, j]: the window of x_pad at (i, j) against dy
+    window = jax.lax.dynamic_slice(x_pad, (0, offset[0], offset[1], 0), dy.shape)
+    return None, jnp.sum(window * dy, axis=(0, 1, 2), dtype=total_dtype)
+
+  dkernel = jax.lax.scan(tap, None, taps)[1]
+  return dx, dkernel.reshape(size_h, size_w, 1, -1).astype(kernel.dtype)
+
+
+depthwise_conv.defvjp(_depthwise_conv_fwd, _depthwise_conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, out_sharding=None):
+  """``jax.lax.conv_general_dilated``'s signature, as ``nnx.Conv`` calls it, for the one case
+  ``depthwise_conv`` computes (channels-last, stride 1, no dilation, one filter per channel).
+
+  Anything else raises ``ValueError``: ``layers.conv`` passes this only for that case.
+  """
+  expected = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, CHANNELS_LAST)
+  undilated = all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+  if (tuple(window_strides) != (1, 1) or not undilated or dimension_numbers != expected
+      or feature_group_count != lhs.shape[-1] or rhs.shape[2:] != (1, lhs.shape[-1])
+      or isinstance(padding, str) or out_sharding is not None):
+    raise ValueError(
+        "depthwise_conv computes channels-last, stride-1, undilated, explicitly padded "
+        f"convolutions with one filter per channel; got input {lhs.shape}, kernel {rhs.shape}, "
+        f"strides {window_strides}, padding {padding}, groups {feature_group_count}")
+  return depthwise_conv(lhs, rhs, tuple(tuple(p) for p in padding), precision)
