@@ -34,7 +34,7 @@ def abstract(tree):
 def scan_forms(jaxpr):
   """(custom-VJP chunked scans, sequential 16-step inner loops) in a jaxpr's text."""
   text = str(jaxpr)
-  return text.count("custom_vjp_call"), text.count("length=16")
+  return text.count("bwd=_chunked_bwd"), text.count("length=16")
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
