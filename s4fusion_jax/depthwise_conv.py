@@ -8,12 +8,16 @@ is the same sum read the other way,
 
     dK[i, j, 0, c] = sum_{b, h, w} x_pad[b, h + i, w + j, c] dy[b, h, w, c],
 
-k^2 products of shifted x with dy, each summed over batch and space, one tap at a time in a
-``lax.scan`` (written as k^2 separate sums, XLA kept every product alive at once: 2.7x the
-memory). JAX's own transpose of a grouped convolution is a convolution with
-``batch_group_count`` = C, which XLA:CPU computes as a dense (k, k, C, C) convolution before
-keeping its diagonal (C times the work), and inside a loop body (``lax.scan`` over
-micro-batches) without its convolution library: 10x slower there.
+k^2 products of shifted x with dy, each summed over space, one tap at a time in a ``lax.scan``
+(written as k^2 separate sums, XLA kept every product alive at once: 2.7x the memory), then
+over the batch once after the loop: with the batch sharded over devices, a sum over it inside
+the loop body put one all-reduce in every step (nine cross-device rendezvous per convolution,
+which on 8 CPU devices of a 2-core machine starved each other past XLA's 40 s timeout).
+
+JAX's own transpose of a grouped convolution is a convolution with ``batch_group_count`` = C,
+which XLA:CPU computes as a dense (k, k, C, C) convolution before keeping its diagonal (C times
+the work), and inside a loop body (``lax.scan`` over micro-batches) without its convolution
+library: 10x slower there.
 """
 
 import functools
@@ -51,11 +55,11 @@ def _depthwise_conv_bwd(padding, precision, residuals, dy):
   taps = jnp.array([(i, j) for i in range(size_h) for j in range(size_w)])
   total_dtype = jnp.promote_types(dy.dtype, jnp.float32)
 
-  def tap(_, offset):  # dK[i, j]: the window of x_pad at (i, j) against dy
+  def tap(_, offset):  # dK[i, j] per example: the window of x_pad at (i, j) against dy
     window = jax.lax.dynamic_slice(x_pad, (0, offset[0], offset[1], 0), dy.shape)
-    return None, jnp.sum(window * dy, axis=(0, 1, 2), dtype=total_dtype)
+    return None, jnp.sum(window * dy, axis=(1, 2), dtype=total_dtype)
 
-  dkernel = jax.lax.scan(tap, None, taps)[1]
+  dkernel = jnp.sum(jax.lax.scan(tap, None, taps)[1], axis=1)
   return dx, dkernel.reshape(size_h, size_w, 1, -1).astype(kernel.dtype)
 
 

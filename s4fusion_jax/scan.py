@@ -282,7 +282,9 @@ def _chunked_bwd(inner, residuals, dy):
   zeros, sums = jnp.zeros_like(starts[0]), jnp.zeros_like(dt[0, 0])
   (_, dA, dD, dbias), (du, ddelta, dB, dC) = jax.lax.scan(
       chunk, (zeros, zeros, sums, sums), (u, dt, dt_next, B, C, dy, starts), reverse=True)
-  dA, dD, dbias = (_sum_over_n(x, x.ndim - 3) for x in (dA, dD, dbias))  # over b
+  # Over b as one reduce: a chain of slices of a batch sharded over devices moves every
+  # device's slice to one device (a collective-permute each); a reduce is one all-reduce.
+  dA, dD, dbias = (jnp.sum(x, axis=-3) for x in (dA, dD, dbias))
   return du, ddelta, dA, dB, dC, dD, dbias
 
 

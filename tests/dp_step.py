@@ -2,9 +2,13 @@
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/dp_step.py OUT.npz
 
-Used by test_training.py to compare 8 data-parallel CPU devices with 1.
+Used by test_training.py to compare 8 data-parallel CPU devices with 1, and to count the
+compiled step's collectives: data parallelism needs only all-reduces of the gradients, none
+inside a loop body (one per iteration: on 8 CPU devices of a 2-core machine those rendezvous
+starved each other past XLA's timeout).
 """
 
+import re
 import sys
 
 import jax
@@ -24,17 +28,36 @@ def main(out):
   training.check_batch(config.batch_size, mesh)
   tx, schedule = train_step.make_optimizer(config)
   graphdef, state = training.create_train_state(config, tx)
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)  # as train.py: else the second step recompiles
   step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss),
-                 in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data")), None),
-                 out_shardings=NamedSharding(mesh, P()))
+                 in_shardings=(replicated, NamedSharding(mesh, P("data")), None),
+                 out_shardings=replicated)
   rng = np.random.default_rng(0)
   batch = {k: rng.random((8, 37, 37, 1), np.float32) for k in ("ir", "vi")}
+  compiled = step.lower(state, batch, None).compile()
   for _ in range(3):
-    state, metrics = step(state, batch, None)
+    state, metrics = compiled(state, batch, None)
   flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.traversals.flatten_mapping(
       jax.device_get(state.params)).items()}
-  np.savez(out, devices=len(jax.devices()), loss=float(metrics["loss"]), **flat)
+  np.savez(out, devices=len(jax.devices()), loss=float(metrics["loss"]),
+           collectives=collective_counts(compiled.as_text()), **flat)
 
+
+def collective_counts(hlo):
+  """(collectives inside while-loop bodies, collectives other than all-reduce) in HLO text."""
+  bodies = set(re.findall(r"body=%?([\w.-]+)", hlo))
+  in_loops, not_all_reduce, computation = 0, 0, None
+  for line in hlo.splitlines():
+    if line and not line[0].isspace() and line.rstrip().endswith("{"):
+      computation = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      continue
+    op = re.search(
+        r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(-start)?\(", line)
+    if op:
+      in_loops += computation in bodies
+      not_all_reduce += op[1] != "all-reduce"
+  return in_loops, not_all_reduce
 
 if __name__ == "__main__":
   main(sys.argv[1])

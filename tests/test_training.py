@@ -32,7 +32,8 @@ def test_eight_devices_match_one(tmp_path):
     results[devices] = np.load(out)
   one, eight = results[1], results[8]
   assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
-  names = [k for k in one.files if k not in ("devices", "loss")]
+  assert eight["collectives"].tolist() == [0, 0]  # (inside loops, other than all-reduce)
+  names = [k for k in one.files if k not in ("devices", "loss", "collectives")]
   assert len(names) > 50
   for name in names:
     np.testing.assert_allclose(eight[name], one[name], rtol=0, atol=1e-5, err_msg=name)
