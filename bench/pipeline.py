@@ -1,4 +1,4 @@
-"""Input pipeline throughput: pairs per second at batch 20, 229 x 229 crops, 0 and 2 workers.
+"""Input pipeline throughput: pairs per second at batch 20, 229 x 229 crops, by workers and threads.
 
     python bench/pipeline.py [--data ../shared/data/roadscene_train] [--batches 30]
 
@@ -29,16 +29,17 @@ def main():
     dataset_dir, _ = datasets.prepare("paired_folder", args.data, data_dir)
     src = datasets.source(dataset_dir, "train")
     print(f"{len(src)} pairs from {args.data}; batch 20 of 229 x 229 crops ({common.machine()})\n")
-    print("| workers | pairs/s |\n|---|---|")
-    for workers in (0, 2):
+    print("| workers | threads per process | pairs/s |\n|---|---|---|")
+    for workers, threads in ((0, 1), (0, 2), (2, 1)):
       it = iter(input_pipeline.train_dataset([src], crop=229, batch_size=20, seed=0,
-                                             num_workers=workers))
+                                             num_workers=workers, num_threads=threads))
       for _ in range(3):
         next(it)
       start = time.perf_counter()
       for _ in range(args.batches):
         next(it)
-      print(f"| {workers} | {20 * args.batches / (time.perf_counter() - start):.1f} |")
+      print(f"| {workers} | {threads} | "
+            f"{20 * args.batches / (time.perf_counter() - start):.1f} |")
 
 
 if __name__ == "__main__":

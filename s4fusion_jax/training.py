@@ -221,7 +221,8 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
   data = input_pipeline.train_dataset(
       sources, crop=config.crop_size, batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, weights=weights, shard_index=jax.process_index(),
-      shard_count=jax.process_count(), num_workers=config.data.num_workers)
+      shard_count=jax.process_count(), num_workers=config.data.num_workers,
+      num_threads=config.data.num_threads, prefetch=config.data.prefetch)
   data_iterator = iter(data)
 
   manager = _checkpoint_manager(workdir, config)

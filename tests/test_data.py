@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -217,6 +218,25 @@ def test_batches_are_deterministic_and_worker_count_independent():
   other_seed = take(iter(input_pipeline.train_dataset(sources, crop=16, batch_size=4, seed=4,
                                                       weights=[0.6, 0.4])), 1)
   assert not np.array_equal(first[0]["ir"], other_seed[0]["ir"])
+
+
+class CountingSource(ListSource):
+  reads = 0
+
+  def __getitem__(self, i):
+    self.reads += 1
+    return super().__getitem__(i)
+
+
+def test_batches_are_made_only_a_few_ahead():
+  source = CountingSource(synthetic_source(10, 0).items)
+  iterator = iter(input_pipeline.train_dataset([source], crop=16, batch_size=4, seed=3,
+                                               num_threads=2, prefetch=3))
+  first = next(iterator)
+  time.sleep(1)  # time to read far ahead (grain's default: 500 batches in 16 threads)
+  assert 4 <= source.reads <= 4 * (1 + 3 + 1)
+  assert_same_batches([first, *take(iterator, 5)], take(iter(input_pipeline.train_dataset(
+      [synthetic_source(10, 0)], crop=16, batch_size=4, seed=3)), 6))
 
 
 def test_the_global_batch_does_not_depend_on_the_host_count():
