@@ -24,7 +24,7 @@ from s4fusion_jax import train_step
 from s4fusion_jax import training
 
 SMALL = dict(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1), d_state=4,
-             fusion_d_state=4, scan_backend="chunked", scan_chunk=16)
+             fusion_d_state=4, fusion_blocks=1, scan_backend="chunked", scan_chunk=16)
 RELEASED = 3_562_957
 
 
@@ -71,7 +71,7 @@ def test_patch_mark_off_removes_the_mark_and_nothing_else():
   extra = set(marked_params) - set(unmarked_params)
   assert extra and all(p[-1] == "mark_proj" for p in extra) and not set(unmarked_params) - set(
       marked_params)
-  assert len(extra) == 3 * 3  # three blocks at each of three scales
+  assert len(extra) == 3  # one block at each of three scales
   before = model_lib.fuse(marked, x_ir, x_vi)
   # With every shared weight equal and the mark zeroed, the two models agree.
   nnx.update(unmarked, nnx.from_flat_state({k: marked_params[k] for k in unmarked_params}))
