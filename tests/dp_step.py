@@ -59,5 +59,6 @@ def collective_counts(hlo):
       not_all_reduce += op[1] != "all-reduce"
   return in_loops, not_all_reduce
 
+
 if __name__ == "__main__":
   main(sys.argv[1])
