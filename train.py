@@ -6,17 +6,20 @@
     python train.py ... --coordinator_address HOST:PORT --num_processes N --process_id I
 
 Everything the run writes goes to --workdir; a run started again on the same workdir
-resumes from its latest checkpoint.
+resumes from its latest checkpoint. In a cluster every process waits up to --cluster_timeout_s
+for the others at each of the run's barriers (s4fusion_jax.cluster), and all leave together.
 """
 
+import os
 import sys
+import time
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
+from s4fusion_jax import cluster
 from s4fusion_jax import training
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "the training config file")
@@ -30,32 +33,30 @@ flags.DEFINE_string("coordinator_address", None, "an explicit cluster: process 0
                     "(with --num_processes and --process_id)")
 flags.DEFINE_integer("num_processes", None, "an explicit cluster: the number of processes")
 flags.DEFINE_integer("process_id", None, "an explicit cluster: this process, 0 .. N - 1")
-
-
-def start_cluster(f):
-  """Joins the cluster the flags describe, if any; CPU collectives go over gloo."""
-  explicit = (f.coordinator_address, f.num_processes, f.process_id)
-  if any(x is not None for x in explicit):
-    if any(x is None for x in explicit):
-      raise ValueError("an explicit cluster needs all of --coordinator_address, "
-                       "--num_processes and --process_id")
-    if not 0 <= f.process_id < f.num_processes:
-      raise ValueError(f"--process_id {f.process_id} is not in 0 .. {f.num_processes - 1}")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f.coordinator_address,
-                               num_processes=f.num_processes, process_id=f.process_id)
-  elif f.distributed:
-    jax.distributed.initialize()
+flags.DEFINE_float("cluster_timeout_s", cluster.DEFAULT_TIMEOUT_S, "a cluster: how long a "
+                   "process waits at a barrier for the others (e.g. while they compile)")
+flags.DEFINE_float("shutdown_timeout_s", cluster.DEFAULT_SHUTDOWN_TIMEOUT_S,
+                   "a cluster: how long JAX's shutdown waits for the other processes")
+# A test hook: this process sleeps this long after its last step (a late process).
+LINGER_S = "S4FUSION_LINGER_AFTER_TRAINING_S"
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  f = flags.FLAGS
+  compiles = cluster.CompileLog()
   try:
-    start_cluster(flags.FLAGS)
-    training.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
-                                init_from=flags.FLAGS.init_from, progress=flags.FLAGS.progress)
-  except (ValueError, FileNotFoundError, training.NonFiniteLoss) as e:
+    explicit = (f.coordinator_address, f.num_processes, f.process_id)
+    if f.distributed or any(x is not None for x in explicit):
+      cluster.join(*explicit, timeout_s=f.cluster_timeout_s,
+                   shutdown_timeout_s=f.shutdown_timeout_s)
+    training.train_and_evaluate(f.config, f.workdir, init_from=f.init_from,
+                                progress=f.progress)
+    time.sleep(float(os.environ.get(LINGER_S, 0)))
+    print(compiles.summary())
+    cluster.leave()
+  except (ValueError, FileNotFoundError, training.NonFiniteLoss, cluster.ClusterTimeout) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -15,6 +15,7 @@ Prepared datasets are read back with ``source(dataset_dir, split)``.
 """
 
 import dataclasses
+import fcntl
 import importlib.resources
 import os
 
@@ -261,9 +262,14 @@ def prepare(dataset, manual_dir, data_dir, *, skip_bad_pairs=False, name=None, v
                                           validation_list=validation or "")
   builder = BUILDERS[dataset](data_dir=os.fspath(data_dir), skip_bad_pairs=skip_bad_pairs,
                               **kwargs)
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  # Processes preparing one dataset at once (the hosts of a run, parallel jobs) take turns:
+  # TFDS builds into a temporary folder and fails the rename when another one has finished.
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, ".prepare.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   if dataset == "paired_folder":
     _check_held_out(builder, kwargs["config"].validation, skip_bad_pairs)
   return os.fspath(builder.data_dir), builder.skipped

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from s4fusion_jax import checkpoint
+from s4fusion_jax import cluster
 from s4fusion_jax import color
 from s4fusion_jax import datasets
 from s4fusion_jax import image_files
@@ -44,8 +45,10 @@ class Validation:
   def __init__(self, config, workdir):
     self.workdir, self.config = workdir, config
     entry = config.data.val
-    dataset_dir, _ = datasets.prepare(entry["dataset"], entry["manual_dir"], config.data.data_dir,
-                                      name=entry.get("name"), validation=entry.get("validation"))
+    with cluster.process_zero_first(f"prepare {entry['dataset']}"):
+      dataset_dir, _ = datasets.prepare(entry["dataset"], entry["manual_dir"],
+                                        config.data.data_dir, name=entry.get("name"),
+                                        validation=entry.get("validation"))
     names = datasets.source(dataset_dir, entry["split"], decode_images=False)
     first = sorted(range(len(names)), key=lambda i: names[i]["name"])[:config.eval_pairs]
     src = datasets.source(dataset_dir, entry["split"])

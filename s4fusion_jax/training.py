@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from s4fusion_jax import checkpoint
+from s4fusion_jax import cluster
 from s4fusion_jax import datasets
 from s4fusion_jax import input_pipeline
 from s4fusion_jax import losses
@@ -90,10 +91,11 @@ def _sources(entries, data_dir):
   """
   sources, weights = [], []
   for entry in entries:
-    dataset_dir, skipped = datasets.prepare(entry["dataset"], entry["manual_dir"], data_dir,
-                                            name=entry.get("name"),
-                                            skip_bad_pairs=entry.get("skip_bad_pairs", False),
-                                            validation=entry.get("validation"))
+    with cluster.process_zero_first(f"prepare {entry['dataset']}"):
+      dataset_dir, skipped = datasets.prepare(entry["dataset"], entry["manual_dir"], data_dir,
+                                              name=entry.get("name"),
+                                              skip_bad_pairs=entry.get("skip_bad_pairs", False),
+                                              validation=entry.get("validation"))
     for name, reason in skipped:
       print(f"skipped {name}: {reason}")
     src = datasets.source(dataset_dir, entry["split"])
@@ -225,6 +227,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
       num_threads=config.data.num_threads, prefetch=config.data.prefetch)
   data_iterator = iter(data)
 
+  cluster.barrier("start")  # processes that read more from the compile cache wait here
   manager = _checkpoint_manager(workdir, config)
   if manager.latest_step() is not None:
     state = _restore(manager, graphdef, state, data_iterator, replicated)
@@ -247,11 +250,15 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
   # Metrics stay on the device until a step that logs, validates or saves: then the steps
   # since the last fetch are fetched together and checked, so no saved state holds a NaN and
   # the host does not wait for the device on the other steps.
-  pending, tick = [], time.perf_counter()
+  pending, tick, compiled = [], time.perf_counter(), None
   for step in range(start_step, config.num_steps):
     batch = next(data_iterator)
     batch = jax.make_array_from_process_local_data(sharded, {k: batch[k] for k in ("ir", "vi")})
-    state, metrics = step_fn(state, batch, resnet_state)
+    if compiled is None:  # compiled ahead, so that no process enters its collectives early
+      compiled = step_fn.lower(state, batch, resnet_state).compile()
+      cluster.barrier("compiled the train step")
+      tick = time.perf_counter()
+    state, metrics = compiled(state, batch, resnet_state)
     done = step + 1
     pending.append((done, metrics))
     if bar is not None:
@@ -272,6 +279,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
     if eval_now:
       record = validation.run(train_step.model_of(graphdef, state), done)
       log.write({"step": done, **record})
+      cluster.barrier("validated")
     if save_now:
       _save(manager, graphdef, state, data_iterator, model_config)
     tick = time.perf_counter()  # images/s counts training steps only

@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from conftest import shared_path
+from conftest import REPO, shared_path, subprocess_env
 from s4fusion_jax import color
 from s4fusion_jax import datasets
 from s4fusion_jax import image_files
@@ -55,6 +57,20 @@ def test_paired_folder_reads_back_pixel_exact(roadscene_sample):
   for i in range(len(src)):
     assert encoded[i]["name"] == src[i]["name"]
     assert encoded[i]["ir"][:8] == b"\x89PNG\r\n\x1a\n"  # not decoded
+
+
+def test_two_processes_preparing_one_dataset_at_once_both_succeed(roadscene_sample, tmp_path):
+  """They take turns (a lock in data_dir): one builds, the other finds it built."""
+  raw, _ = roadscene_sample
+  script = ("import sys; from s4fusion_jax import datasets; "
+            "print(datasets.prepare('paired_folder', sys.argv[1], sys.argv[2])[0])")
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(raw), str(tmp_path / "tfds")],
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  dirs = {out.strip().splitlines()[-1] for out, _ in outputs}
+  assert len(dirs) == 1 and len(datasets.source(dirs.pop(), "train")) == 6
 
 
 def test_paired_folder_holds_out_a_validation_list(roadscene_sample, tmp_path):

@@ -1,10 +1,15 @@
 """Multi-host training on one machine: 2 processes over localhost (gloo) against 1 process.
 
 The smoke config's first 12 steps run as one process (one CPU device) and as an explicit
-2-process cluster (one CPU device each, each feeding half of the global batch).
+2-process cluster (one CPU device each, each feeding half of the global batch). Each cluster
+run here gets its own persistent compilation cache, empty or warmed by an earlier run of
+this module, per process: JAX reads the cache on every process but writes it from process 0
+alone, so a warm cache puts the processes tens of seconds apart, and a run must hold
+together all the same (s4fusion_jax.cluster).
 """
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +21,8 @@ import pytest
 from conftest import REPO, TRAIN_FLAGS, run, subprocess_env
 from test_training import final_params
 
+import train
+
 STEPS = 12
 
 
@@ -25,14 +32,16 @@ def free_port():
     return s.getsockname()[1]
 
 
-def start_cluster(workdir, processes=2):
-  """Starts the processes of one training run; returns their Popen objects."""
+def start_cluster(workdir, caches, flags=(), envs=({}, {})):
+  """Starts the processes of one training run, process i with the compilation cache
+  ``caches[i]`` and the extra environment ``envs[i]``; returns their Popen objects."""
   address = f"127.0.0.1:{free_port()}"
   return [subprocess.Popen(
-      [sys.executable, "train.py", f"--workdir={workdir}", *TRAIN_FLAGS,
-       f"--coordinator_address={address}", f"--num_processes={processes}", f"--process_id={i}"],
-      cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for i in range(processes)]
+      [sys.executable, "train.py", f"--workdir={workdir}", *TRAIN_FLAGS, *flags,
+       f"--coordinator_address={address}", f"--num_processes={len(caches)}",
+       f"--process_id={i}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=subprocess_env({"JAX_COMPILATION_CACHE_DIR": str(cache), **env}))
+          for i, (cache, env) in enumerate(zip(caches, envs))]
 
 
 def finish(procs, timeout=600):
@@ -46,11 +55,30 @@ def losses(workdir):
   return [(r["step"], r["loss"]) for r in map(json.loads, open(workdir / "metrics.jsonl"))]
 
 
+def cache_reads(out):
+  """The number of programs a process read from the persistent cache, from its summary."""
+  return int(re.search(r"compiled and (\d+) read from the persistent cache", out).group(1))
+
+
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
+def cache(tmp_path_factory):
+  """A compilation cache shared by this module's runs: empty for the first, warm after."""
+  return tmp_path_factory.mktemp("xla-cache")
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, cache):
+  """The uninterrupted 2-process run, both processes starting with an empty cache."""
   workdir = tmp_path_factory.mktemp("two") / "run"
-  finish(start_cluster(workdir))
+  outputs = finish(start_cluster(workdir, (cache, cache)))
+  assert [cache_reads(out) for out in outputs] == [0, 0]
   return workdir
+
+
+def assert_same_run(workdir, reference):
+  assert losses(workdir) == losses(reference)
+  for a, b in zip(final_params(reference, STEPS), final_params(workdir, STEPS)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_two_processes_train_as_one(two_process_run, smoke_run):
@@ -62,10 +90,61 @@ def test_two_processes_train_as_one(two_process_run, smoke_run):
   assert max(float(np.abs(a - b).max()) for a, b in zip(two, single)) <= 1e-5 * largest
 
 
+def test_a_warm_cache_and_a_process_finishing_late(tmp_path, two_process_run, cache):
+  """Both processes are given the first run's cache, and process 1 lingers after its last
+  step for longer than the shutdown timeout: both exit with 0 and the same run.
+
+  Process 0 reads its programs from the cache; process 1 finds none of its own there (on CPU
+  with JAX 0.10.2 every key holds the process's devices, and process 0 alone writes), so it
+  compiles them all while process 0 waits at the barriers."""
+  workdir = tmp_path / "warm"
+  outputs = finish(start_cluster(workdir, (cache, cache), flags=["--shutdown_timeout_s=2"],
+                                 envs=({}, {train.LINGER_S: "6"})))
+  assert cache_reads(outputs[0]) > 0
+  assert_same_run(workdir, two_process_run)
+
+
+def test_a_cache_warm_on_process_0_alone(tmp_path, two_process_run, cache):
+  """Process 0 reads every program from the cache, process 1 starts with an empty one."""
+  workdir = tmp_path / "mixed"
+  outputs = finish(start_cluster(workdir, (cache, tmp_path / "empty-cache")))
+  assert cache_reads(outputs[1]) == 0 < cache_reads(outputs[0])
+  assert_same_run(workdir, two_process_run)
+
+
+BARRIER_SCRIPT = """
+import os, sys, time
+from s4fusion_jax import cluster
+address, process = sys.argv[1], int(sys.argv[2])
+cluster.join(address, 2, process, timeout_s=2, shutdown_timeout_s=5)
+if process == 0:
+  try:
+    cluster.barrier("the end of the run")
+  except cluster.ClusterTimeout as e:
+    print(e)
+else:
+  import jax
+  jax.process_count()  # joins the topology exchange that process 0's barrier needs first
+  time.sleep(30)  # never at the barrier
+os._exit(0)
+"""
+
+
+def test_a_barrier_that_times_out_names_the_missing_process():
+  address = f"127.0.0.1:{free_port()}"
+  procs = [subprocess.Popen([sys.executable, "-c", BARRIER_SCRIPT, address, str(i)], cwd=REPO,
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  out, err = procs[0].communicate(timeout=120)
+  procs[1].kill()
+  procs[1].communicate()
+  assert "process(es) [1] did not reach 'the end of the run' within 2 s" in out, err[-2000:]
+
+
 def test_two_processes_killed_and_resumed_equal_an_uninterrupted_pair(tmp_path,
-                                                                      two_process_run):
+                                                                      two_process_run, cache):
   killed = tmp_path / "killed"
-  procs = start_cluster(killed)
+  procs = start_cluster(killed, (cache, cache))
   deadline = time.time() + 600
   while not (killed / "checkpoints" / "6").exists() and time.time() < deadline:
     time.sleep(0.2)
@@ -75,11 +154,9 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_pair(tmp_path,
     p.communicate()
   assert (killed / "checkpoints" / "6").exists(), "the runs never reached step 6"
   assert not (killed / "checkpoints" / str(STEPS)).exists(), "they finished before the kill"
-  outputs = finish(start_cluster(killed))
+  outputs = finish(start_cluster(killed, (cache, cache)))
   assert all("resumed from step" in out for out in outputs)
-  for a, b in zip(final_params(two_process_run, STEPS), final_params(killed, STEPS)):
-    np.testing.assert_array_equal(a, b)
-  assert losses(killed) == losses(two_process_run)
+  assert_same_run(killed, two_process_run)
 
 
 def test_an_incomplete_cluster_is_named():
