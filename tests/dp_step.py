@@ -23,7 +23,8 @@ from s4fusion_jax import training
 
 def main(out):
   config = smoke.get_config()
-  config.batch_size, config.crop_size = 8, 37
+  config.batch_size, config.crop_size = 8, 37  # one example per device
+  config.model.fusion_blocks = 1  # as conftest.TRAIN_FLAGS
   mesh = training.make_mesh()
   training.check_batch(config.batch_size, mesh)
   tx, schedule = train_step.make_optimizer(config)
