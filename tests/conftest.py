@@ -23,16 +23,6 @@ def shared_path(*parts):
   return path
 
 
-# The files with the longest tests start first, so that under pytest-xdist (.ci/run, whole
-# files per worker) no worker is left alone with one of them at the end.
-SLOW_FILES_FIRST = ("test_multihost.py", "test_ablations.py", "test_training.py")
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
-
-
 def load_golden(name):
   with np.load(shared_path("golden", name)) as f:
     return {k: f[k] for k in f.files}
