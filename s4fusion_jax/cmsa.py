@@ -15,7 +15,9 @@ and scans ``interleave(x_I, x_V)``; nothing else changes.
     y_I, y_V = deinterleave(y);  out_X = leave(merge_4(y_X), z_X)
 
 The fusion layer runs ``num_blocks`` CMSA blocks with residuals,
-``I, V = I + I', V + V'``, and returns R = I + V. Maps are (batch, H, W, C).
+``I, V = I + I', V + V'``, and returns R = I + V. Maps are (batch, H, W, C); an optional
+``mask`` (batch, H, W) marks the valid positions of a size bucket, as in ``ss2d``: the
+interleaved scan steps over the positions outside it in both modalities.
 """
 
 import jax.numpy as jnp
@@ -42,14 +44,15 @@ class PairedScanMixer(ss2d.GatedScanMixer):
     self.x_proj_ir = nnx.Param(init(rngs.params(), proj_shape, param_dtype))
     self.x_proj_vi = nnx.Param(init(rngs.params(), proj_shape, param_dtype))
 
-  def enter_pair(self, ir, vi):
+  def enter_pair(self, ir, vi, mask=None):
     """Two (batch, H, W, C) maps -> per modality (u map, sequences xs, (dt, B, C), gate z).
 
     u and z are (batch, H, W, d_inner); xs is (batch, L, 4, d_inner), its four directions.
+    ``mask``: None or (batch, H, W), zeroing the convolutions' input outside it.
     """
     out = []
     for x, x_proj in ((ir, self.x_proj_ir), (vi, self.x_proj_vi)):
-      u, z = self.enter(x)
+      u, z = self.enter(x, mask)
       xs = directions.flatten_directions(u)
       out.append((u, xs, ss2d.project_dbc(xs, x_proj[...], self.dt_rank, self.d_state), z))
     return out
@@ -73,17 +76,19 @@ class CMSABlock(PairedScanMixer):
     self.ssm = ss2d.DirectionalSSM(d_inner, d_state, self.dt_rank, rngs=rngs, backend=backend,
                                    chunk=chunk, platform=platform, param_dtype=param_dtype)
 
-  def __call__(self, ir, vi):
-    """Two (batch, H, W, C) maps -> their two CMSA outputs, each (batch, H, W, C)."""
+  def __call__(self, ir, vi, mask=None):
+    """Two (batch, H, W, C) maps and an optional mask (batch, H, W) -> two (batch, H, W, C)."""
     _, height, width, _ = ir.shape
-    (u_ir, xs_ir, dbc_ir, z_ir), (u_vi, xs_vi, dbc_vi, z_vi) = self.enter_pair(ir, vi)
+    (u_ir, xs_ir, dbc_ir, z_ir), (u_vi, xs_vi, dbc_vi, z_vi) = self.enter_pair(ir, vi, mask)
     if self.mark_proj is not None:
       # The mark is pointwise, so it is computed once on the map, then flattened.
       mark = directions.flatten_directions(
           jnp.concatenate([u_ir, u_vi], axis=-1) @ self.mark_proj[...].astype(u_ir.dtype))
       xs_ir, xs_vi = xs_ir + mark, xs_vi + mark
     u = directions.interleave(xs_ir, xs_vi)
-    y = self.ssm(u, *(directions.interleave(a, b) for a, b in zip(dbc_ir, dbc_vi)))
+    steps = directions.sequence_mask(mask)
+    y = self.ssm(u, *(directions.interleave(a, b) for a, b in zip(dbc_ir, dbc_vi)),
+                 mask=None if steps is None else directions.interleave(steps, steps))
     return self.leave_pair(directions.deinterleave(y), (z_ir, z_vi), height, width)
 
 
@@ -102,8 +107,9 @@ class FusionLayer(nnx.Module):
                   platform=platform, patch_mark=patch_mark, dtype=dtype, param_dtype=param_dtype)
         for _ in range(num_blocks)])
 
-  def __call__(self, ir, vi):
+  def __call__(self, ir, vi, mask=None):
+    """I, V (batch, H, W, C) and an optional mask (batch, H, W) -> R (batch, H, W, C)."""
     for block in self.blocks:
-      d_ir, d_vi = layers.call(block, ir, vi, remat=self.remat)
+      d_ir, d_vi = layers.call(block, ir, vi, mask, remat=self.remat)
       ir, vi = ir + d_ir, vi + d_vi
     return ir + vi

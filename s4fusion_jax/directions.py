@@ -25,6 +25,11 @@ def flatten_directions(x):
   return jnp.concatenate([forward, jnp.flip(forward, axis=1)], axis=2)
 
 
+def sequence_mask(mask):
+  """A map mask (batch, H, W) -> the four paths' mask (batch, L, 4, 1); None stays None."""
+  return None if mask is None else flatten_directions(mask[..., None])
+
+
 def merge_directions(y, height, width):
   """(batch, L, 4, C) -> (batch, H, W, C): each path mapped back and summed."""
   batch, _, _, channels = y.shape

@@ -2,7 +2,8 @@
 
 Outputs in OUT: ``fused/NAME.png`` (uint8, grey or recoloured RGB), ``metrics.csv`` (one
 row per image), ``metrics.json`` (``{"mean": {...}, "per_image": {name: {...}}}``),
-``metrics.md`` (the mean table) and ``samples.png`` (IR | VI | fused for a few pairs).
+``metrics.md`` (the mean table) and ``samples.png`` (IR | VI | fused for a few pairs; none
+for ``num_samples=0``).
 Metrics are computed on the saved files re-read as grey the way the CDDFuse/EMMA
 Evaluator reads them (``metrics.evaluator_gray``); every file is written atomically.
 """
@@ -84,8 +85,9 @@ def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True):
   _write_text(os.path.join(out, "metrics.json"),
               json.dumps({"mean": mean, "per_image": per_image}, indent=1))
   _write_text(os.path.join(out, "metrics.md"), md)
-  image_files.write_png(os.path.join(out, "samples.png"),
-                        plotting.image_rows(rows, SAMPLE_HEIGHT))
+  if rows:
+    image_files.write_png(os.path.join(out, "samples.png"),
+                          plotting.image_rows(rows, SAMPLE_HEIGHT))
   return mean
 
 
@@ -173,7 +175,7 @@ def report(ours, baselines, data, num_pairs, on_tno):
           + "\n\n" + compare(baselines, DEMO_METRICS, bold=False))
 
 
-def demo(out, data=None, checkpoint_dir=None, progress=True):
+def demo(out, data=None, checkpoint_dir=None, progress=True, exact_sizes=False):
   """Fuses TNO with the model and every baseline of ``METHODS``; writes OUT/comparison.md.
 
   ``data`` defaults to ../shared/data/tno beside the checkout, else the pairs bundled in
@@ -185,8 +187,8 @@ def demo(out, data=None, checkpoint_dir=None, progress=True):
   shared = os.path.join(repo, "..", "shared", "data", "tno")
   data = data or (shared if os.path.isdir(shared) else os.path.join(repo, "demo_data", "tno"))
   infrared = {name: ir for name, ir, _ in pairs(data)}
-  ours = evaluate(inference.Fuser.from_flags(checkpoint_dir), data, os.path.join(out, "S4Fusion"),
-                  progress=progress)
+  fuser = inference.Fuser.from_flags(checkpoint_dir, exact_sizes=exact_sizes)
+  ours = evaluate(fuser, data, os.path.join(out, "S4Fusion"), progress=progress)
   baselines = {method: evaluate(inference.Fuser(method=method), data, os.path.join(out, method),
                                 progress=progress) for method in inference.METHODS}
   text = report(ours, baselines, os.path.abspath(data), len(infrared),

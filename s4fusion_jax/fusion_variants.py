@@ -1,7 +1,8 @@
 """The fusion modules the paper's ablations put in place of CMSA (Table 3).
 
-Each has the fusion layer's call signature: two (batch, H, W, C) maps I, V in, one
-(batch, H, W, C) map R out. Their definitions follow the reference's compiled
+Each has the fusion layer's call signature: two (batch, H, W, C) maps I, V and an optional
+size-bucket mask (batch, H, W) in, one (batch, H, W, C) map R out (only ``MASKED`` take a
+mask). Their definitions follow the reference's compiled
 ``modules/ablation.py``:
 
 ``add``              R = I + V, no parameters.
@@ -26,16 +27,28 @@ import jax.numpy as jnp
 from flax import nnx
 
 from s4fusion_jax import cmsa
+from s4fusion_jax import directions
 from s4fusion_jax import layers
 from s4fusion_jax import ss2d
 
 NAMES = ("add", "cnn", "cross_attention", "fssm")
+# The variants that take a size bucket's ``mask`` (and so fuse every size in a bucket with one
+# program). The CNN's 3x3 convolutions and BatchNorm statistics and cross-attention's sums
+# over all positions would need masking of their own: those fuse at exact sizes.
+MASKED = ("add", "fssm")
+
+
+def _exact_sizes_only(name, mask):
+  if mask is not None:
+    raise ValueError(f"the {name!r} fusion mixes all positions and takes no size-bucket mask; "
+                     "fuse it at exact sizes")
 
 
 class AddFusion(nnx.Module):
   """R = I + V (the "ADD" ablation)."""
 
-  def __call__(self, ir, vi):
+  def __call__(self, ir, vi, mask=None):
+    del mask  # pointwise: positions outside a mask cannot reach the valid ones
     return ir + vi
 
 
@@ -67,7 +80,8 @@ class CNNFusion(nnx.Module):
     self.blocks = nnx.List([BasicBlock(width, **kw) for _ in range(num_blocks)])
     self.out_proj = layers.conv(width, d_model, 1, **kw)
 
-  def __call__(self, ir, vi):
+  def __call__(self, ir, vi, mask=None):
+    _exact_sizes_only("cnn", mask)
     x = self.in_proj(jnp.concatenate([ir, vi], axis=-1))
     for block in self.blocks:
       x = block(x)
@@ -115,7 +129,8 @@ class CrossAttentionFusion(nnx.Module):
     self.layers = nnx.List([CrossAttentionLayer(d_model, heads, rngs=rngs, param_dtype=param_dtype)
                             for _ in range(num_blocks)])
 
-  def __call__(self, ir, vi):
+  def __call__(self, ir, vi, mask=None):
+    _exact_sizes_only("cross_attention", mask)
     shape = ir.shape
     ir, vi = (x.reshape(shape[0], -1, shape[-1]) for x in (ir, vi))
     for layer in self.layers:
@@ -135,11 +150,12 @@ class FSSMBlock(cmsa.PairedScanMixer):
                                       param_dtype=param_dtype)
     self.ssm_ir, self.ssm_vi = ssm(), ssm()
 
-  def __call__(self, ir, vi):
-    """Two (batch, H, W, C) maps -> their two FSSM outputs, each (batch, H, W, C)."""
+  def __call__(self, ir, vi, mask=None):
+    """Two (batch, H, W, C) maps and an optional mask (batch, H, W) -> two (batch, H, W, C)."""
     _, height, width, _ = ir.shape
-    (_, xs_ir, dbc_ir, z_ir), (_, xs_vi, dbc_vi, z_vi) = self.enter_pair(ir, vi)
-    ys = self.ssm_vi(xs_ir, *dbc_vi), self.ssm_ir(xs_vi, *dbc_ir)
+    (_, xs_ir, dbc_ir, z_ir), (_, xs_vi, dbc_vi, z_vi) = self.enter_pair(ir, vi, mask)
+    steps = directions.sequence_mask(mask)
+    ys = self.ssm_vi(xs_ir, *dbc_vi, mask=steps), self.ssm_ir(xs_vi, *dbc_ir, mask=steps)
     return self.leave_pair(ys, (z_ir, z_vi), height, width)
 
 

@@ -6,9 +6,11 @@ and Cb (the reference's YCrCb formulas), a grey one (equal channels) gives a gre
 Output pixels are rounded as torchvision's ``save_image`` does (clamp, x255, round).
 
 Compilation: the model runs on images zero-padded to the size rule (as the reference
-pads), so every image whose padded size is the same shares one compiled program; sizes
-are not padded further, because extra padding would change the numbers at the borders.
-Within a process each padded shape compiles once (jit's cache).
+pads) and placed in their size bucket (``sizes``), with the padded size passed at run time:
+one compiled program serves every size of a bucket, with the numbers of the padded size
+(the model masks the rest of the bucket). ``exact_sizes=True``, and the ablations that take
+no masks, run each padded size as its own program instead. Within a process each program
+compiles once (jit's cache).
 """
 
 import os
@@ -34,16 +36,18 @@ def to_uint8(x):
 class Fuser:
   """Fuses uint8 pairs with an S4Fusion model or a baseline (one of ``METHODS``)."""
 
-  def __init__(self, model=None, method=None):
+  def __init__(self, model=None, method=None, exact_sizes=False):
+    """``exact_sizes``: one program per padded size instead of one per size bucket."""
     if (model is None) == (method is None):
       raise ValueError("give exactly one of a model and a method")
     if method is not None and method not in METHODS:
       raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     self.model, self.method = model, method
-    self._apply = nnx.jit(lambda m, a, b: m(a, b)) if model is not None else None
+    self.bucketed = model is not None and model.takes_buckets and not exact_sizes
+    self._apply = nnx.jit(lambda m, a, b, valid: m(a, b, valid)) if model is not None else None
 
   @classmethod
-  def from_flags(cls, checkpoint_dir=None, method=None, scan_backend="auto"):
+  def from_flags(cls, checkpoint_dir=None, method=None, scan_backend="auto", exact_sizes=False):
     """A model from ``checkpoint_dir`` (default: the bundled model) or a baseline ``method``."""
     if method:
       return cls(method=method)
@@ -52,17 +56,22 @@ class Fuser:
       raise FileNotFoundError(
           f"no model at {path}: pass --checkpoint (a converted or trained S4Fusion checkpoint) "
           f"or --method {'|'.join(METHODS)}")
-    return cls(model=checkpoint.load_model(path, scan_backend=scan_backend))
+    return cls(model=checkpoint.load_model(path, scan_backend=scan_backend),
+               exact_sizes=exact_sizes)
 
   def fuse_y(self, ir, vi_y):
     """ir, vi_y: float32 (H, W, 1) in [0, 1] -> fused Y, float32 (H, W, 1), unclamped."""
     if self.method is not None:
       return baselines.METHODS[self.method](ir, vi_y)
-    rule = self.model.config.size_rule()
-    (ir_p, box), (vi_p, _) = (sizes.pad_to_valid(x[None], *rule) for x in (ir, vi_y))
+    pads, valid, box = sizes.placement(*ir.shape[:2], *self.model.config.size_rule(),
+                                       bucket=self.bucketed)
     dtype = jnp.dtype(self.model.config.dtype)
-    fused = self._apply(self.model, jnp.asarray(ir_p, dtype), jnp.asarray(vi_p, dtype))
-    return np.asarray(sizes.crop(fused, box)[0], np.float32)
+    ir_p, vi_p = (jnp.asarray(np.pad(x[None], ((0, 0), *pads, (0, 0))), dtype)
+                  for x in (ir, vi_y))
+    fused = self._apply(self.model, ir_p, vi_p,
+                        np.array([valid], np.int32) if self.bucketed else None)
+    fused = np.asarray(fused, np.float32)[:, :valid[0], :valid[1]]  # on the host: no program
+    return sizes.crop(fused, box)[0]
 
   def fuse(self, ir, vi):
     """uint8 ir (H, W, 1) and vi (H, W, 3) -> uint8 fused (H, W, 1) or, for colour vi, (H, W, 3)."""

@@ -10,6 +10,13 @@
 R_0 (the finest-scale fusion) is computed, as in the reference, but never used:
 its parameters exist so checkpoints load, and jit removes the dead computation.
 Images are channels-last (batch, H, W, 1) in [0, 1]; ``fuse`` takes any H x W.
+
+Size buckets (``sizes``): given ``valid``, each image's valid rectangle at the top-left of a
+larger input, every block masks the positions outside it (the depthwise convolutions' input,
+the scans' steps, the fold head's patches; everything else is per position, a valid
+convolution, or a merge / expand whose 2x2 blocks never straddle the rectangle's edge), so
+the rectangle's output is the output at its own size and one compiled program serves every
+rectangle that fits. The CMSA model and the ``fusion_variants.MASKED`` ablations take masks.
 """
 
 import dataclasses
@@ -29,6 +36,7 @@ from s4fusion_jax import ss2d
 
 
 FUSIONS = ("cmsa",) + fusion_variants.NAMES
+MASKED_FUSIONS = ("cmsa",) + fusion_variants.MASKED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +122,10 @@ class EncoderStage(nnx.Module):
     self.merge = patches.PatchMerge(
         dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype) if downsample else None
 
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
+    """(batch, H, W, C) and an optional mask (batch, H, W) of the valid positions."""
     for block in self.blocks:
-      x = layers.call(block, x, remat=self.remat)
+      x = layers.call(block, x, mask, remat=self.remat)
     return x if self.merge is None else self.merge(x)
 
 
@@ -132,11 +141,12 @@ class DecoderStage(nnx.Module):
         ss2d.VSSBlock(dim, d_state, rngs=rngs, dtype=dtype, param_dtype=param_dtype, **block_kw)
         for _ in range(depth)])
 
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
+    """(batch, H, W, C) -> expanded, then the blocks; ``mask`` is at the expanded size."""
     if self.expand is not None:
       x = self.expand(x)
     for block in self.blocks:
-      x = layers.call(block, x, remat=self.remat)
+      x = layers.call(block, x, mask, remat=self.remat)
     return x
 
 
@@ -161,8 +171,20 @@ class S4Fusion(nnx.Module):
                      rngs=rngs, **kw) for j in range(levels)])
     self.head = patches.FoldHead(dims[0], 1, kernel=k, stride=s, rngs=rngs, **dtypes)
 
-  def _check_inputs(self, ir, vi):
+  @property
+  def takes_buckets(self):
+    """Whether ``valid`` (size buckets) is supported: the fusion masks its positions."""
+    return self.config.fusion in MASKED_FUSIONS
+
+  def _check_inputs(self, ir, vi, valid):
     problems = []
+    if valid is not None:
+      if not self.takes_buckets:
+        problems.append(f"fusion {self.config.fusion!r} does not take size buckets (valid); "
+                        f"fuse it at exact sizes (those that do: {list(MASKED_FUSIONS)})")
+      if getattr(valid, "shape", None) != (ir.shape[0], 2):
+        problems.append(f"valid has shape {getattr(valid, 'shape', None)}; "
+                        f"expected (batch, 2) = ({ir.shape[0]}, 2)")
     for name, x in (("ir", ir), ("vi", vi)):
       if x.ndim != 4 or x.shape[-1] != 1:
         problems.append(f"{name} has shape {x.shape}; expected (batch, H, W, 1)")
@@ -178,51 +200,78 @@ class S4Fusion(nnx.Module):
     if problems:
       raise ValueError("; ".join(problems))
 
-  def stages(self, ir, vi):
+  def _masks(self, valid, height, width):
+    """Per level l, the (batch, h_l, w_l) mask of the patches inside ``valid`` (or Nones)."""
+    levels = self.config.levels
+    if valid is None:
+      return [None] * levels
+    k, s = self.config.patch_kernel, self.config.patch_stride
+    h, w = (height - k) // s + 1, (width - k) // s + 1
+    return [sizes.grid_mask(valid, h >> l, w >> l, k, s, l) for l in range(levels)]
+
+  def stages(self, ir, vi, valid=None):
     """Every intermediate of the forward pass, named as the golden fixtures name them.
 
     Args:
       ir, vi: (batch, H, W, 1) in [0, 1], H and W satisfying the size rule.
+      valid: None, or (batch, 2) integers: each image's valid rectangle (H_v, W_v) at the
+        top-left of the input, sides satisfying the size rule (a size bucket, ``sizes``).
+        Every output inside the rectangle is then the output at H_v x W_v; outside it they
+        are meaningless.
 
     Returns:
       A dict of channels-last arrays: ``patch_embed_{ir,vi}``, ``encoder_{ir,vi}_s``
       (each stage's output, after its merge), ``fusion_s`` (R_s), ``decoder_j``,
       ``final_expand`` (before the fold) and ``output`` (batch, H, W, 1).
     """
-    self._check_inputs(ir, vi)
+    self._check_inputs(ir, vi, valid)
     out = {}
+    masks = self._masks(valid, *ir.shape[1:3])
     x_ir, x_vi = self.embed_ir(ir), self.embed_vi(vi)
     out["patch_embed_ir"], out["patch_embed_vi"] = x_ir, x_vi
     skips = []
     for i, (stage_ir, stage_vi) in enumerate(zip(self.encoder_ir, self.encoder_vi)):
       skips.append((x_ir, x_vi))
-      x_ir, x_vi = stage_ir(x_ir), stage_vi(x_vi)
+      x_ir, x_vi = stage_ir(x_ir, masks[i]), stage_vi(x_vi, masks[i])
       out[f"encoder_ir_{i}"], out[f"encoder_vi_{i}"] = x_ir, x_vi
-    fused = [layer(a, b) for layer, (a, b) in zip(self.fusion, skips)]
+    fused = [layer(a, b, m) for layer, (a, b), m in zip(self.fusion, skips, masks)]
     out.update({f"fusion_{i}": r for i, r in enumerate(fused)})
     x = x_ir + x_vi
     for j, stage in enumerate(self.decoder):
-      x = stage(x if j == 0 else x + fused[-j])
+      x = stage(x if j == 0 else x + fused[-j], masks[-1 - j])
       out[f"decoder_{j}"] = x
     out["final_expand"] = self.head.expand(x)
-    out["output"] = self.head.unpatch(out["final_expand"])
+    out["output"] = self.head.unpatch(out["final_expand"], masks[0])
     return out
 
-  def __call__(self, ir, vi):
+  def __call__(self, ir, vi, valid=None):
     """Fuses (batch, H, W, 1) images in [0, 1] satisfying the size rule -> (batch, H, W, 1).
 
+    ``valid``: None, or (batch, 2) valid rectangles of a size bucket (see ``stages``).
     The output is not clamped (the reference clamps only when saving). Call it under
     ``nnx.jit`` so the unused finest-scale fusion is compiled away.
     """
-    return self.stages(ir, vi)["output"]
+    return self.stages(ir, vi, valid)["output"]
 
 
-def fuse(model: S4Fusion, ir, vi):
-  """Fuses (batch, H, W, 1) images of any H x W: zero-pad to the size rule, run, crop back."""
+def fuse(model: S4Fusion, ir, vi, *, exact_sizes=False):
+  """Fuses (batch, H, W, 1) images in [0, 1] of any H x W -> (batch, H, W, 1), unclamped.
+
+  The images are zero-padded to the size rule as the reference pads them, then (unless
+  ``exact_sizes``, or for a fusion that takes no buckets) placed in their size bucket with
+  the valid rectangle passed to the model; the output is cropped back. Both give the same
+  numbers; under ``jit`` the bucket's rectangle is a constant of the program: to share one
+  program across sizes, pass ``valid`` as an argument (``inference.Fuser`` does).
+  """
   rule = model.config.size_rule()
-  ir_padded, box = sizes.pad_to_valid(ir, *rule)
-  vi_padded, _ = sizes.pad_to_valid(vi, *rule)
-  return sizes.crop(model(ir_padded, vi_padded), box)
+  if exact_sizes or not model.takes_buckets:
+    ir_padded, box = sizes.pad_to_valid(ir, *rule)
+    vi_padded, _ = sizes.pad_to_valid(vi, *rule)
+    return sizes.crop(model(ir_padded, vi_padded), box)
+  pads, valid, box = sizes.placement(*ir.shape[1:3], *rule)
+  ir_b, vi_b = (jnp.pad(x, ((0, 0), *pads, (0, 0))) for x in (ir, vi))
+  fused = model(ir_b, vi_b, jnp.broadcast_to(jnp.asarray(valid), (ir.shape[0], 2)))
+  return sizes.crop(fused[:, :valid[0], :valid[1]], box)
 
 
 def count_params(model: S4Fusion) -> int:

@@ -109,12 +109,18 @@ class FoldHead(nnx.Module):
     self.expand = layers.linear(dim, self.fold_channels * kernel * kernel, **kw)
     self.conv = layers.conv(self.fold_channels, out_channels, 1, **kw)
 
-  def unpatch(self, expanded):
-    """The expansion (batch, h, w, C k^2) -> folded and projected (batch, H, W, out_channels)."""
+  def unpatch(self, expanded, mask=None):
+    """The expansion (batch, h, w, C k^2) -> folded and projected (batch, H, W, out_channels).
+
+    With a ``mask`` (batch, h, w), the patches outside it are zeroed before the overlap-add:
+    at stride s < k the first patch past a valid rectangle overlaps its last k - s rows.
+    """
     _, h, w, _ = expanded.shape
     k, s = self.kernel, self.stride
+    if mask is not None:
+      expanded = jnp.where(mask[..., None], expanded, 0)
     patches = einops.rearrange(expanded, "b h w (c ki kj) -> b h w c ki kj", ki=k, kj=k)
     return self.conv(fold_overlap_add(patches, k, s, (s * (h - 1) + k, s * (w - 1) + k)))
 
-  def __call__(self, x):
-    return self.unpatch(self.expand(x))
+  def __call__(self, x, mask=None):
+    return self.unpatch(self.expand(x), mask)

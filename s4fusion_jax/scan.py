@@ -292,8 +292,14 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", chunk=None,
-                   platform=None):
+                   platform=None, mask=None):
   """Runs the selective scan; see the module docstring for the shapes.
+
+  With ``mask``, the masked-out steps leave the state as it is and read no input: their
+  delta is -inf before the softplus, so dt = 0 after it exactly (decay exp(0 A) = 1, and
+  softplus' = 0 in the backward pass), and u, B and C are zeroed there (with ``where``,
+  so a NaN or inf there cannot leak). Every other step gives what the scan over the
+  unmasked steps alone gives; the masked steps' outputs are 0.
 
   Args:
     u: (batch, L, G, D) scan input.
@@ -307,6 +313,7 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
     chunk: steps per chunk for the ``chunked`` backend (default ``DEFAULT_CHUNK``).
     platform: the platform compiled for, which "auto" and the chunks' inner form follow
       (default: JAX's default backend); e.g. "cuda" to lower for a GPU from this machine.
+    mask: None, or booleans broadcastable to (batch, L, G, 1): the steps to scan.
 
   Returns:
     y: (batch, L, G, D) in ``state_dtype(u.dtype)``.
@@ -316,6 +323,9 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
   dtype = state_dtype(u.dtype)
   u, delta, A, B, C, D, delta_bias = (
       x.astype(dtype) for x in (u, delta, A, B, C, D, delta_bias))
+  if mask is not None:
+    delta = jnp.where(mask, delta, -jnp.inf)
+    u, B, C = (jnp.where(mask, x, 0) for x in (u, B, C))
   batch, length = u.shape[:2]
   u_t, delta_t = (jnp.moveaxis(x, 1, 0) for x in (u, delta))     # (L, b, G, D)
   B_t, C_t = (jnp.transpose(x, (1, 3, 0, 2)) for x in (B, C))    # (L, N, b, G)

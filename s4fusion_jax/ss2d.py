@@ -7,6 +7,13 @@
 
 Feature maps are channels-last (batch, H, W, C); ``d_inner = int(expand * C)``,
 ``dt_rank = ceil(C / 16)``. The numerics live in ``scan`` and ``directions``.
+
+A ``mask`` (batch, H, W) of booleans marks the valid positions of a map that holds a smaller
+map at its top-left (a size bucket, ``sizes``): the depthwise convolution's input is zeroed
+outside it, so the convolution sees the zero padding the smaller map would have, and the
+scans step over the positions outside it without reading them (``scan.selective_scan``).
+Each of the four paths visits the valid positions in the order it visits the smaller map's,
+so every valid output equals the smaller map's; outputs outside the mask are meaningless.
 """
 
 import math
@@ -72,12 +79,16 @@ class DirectionalSSM(nnx.Module):
     self.A_log = nnx.Param(jnp.broadcast_to(log_a, (groups, channels, d_state)))
     self.D = nnx.Param(jnp.ones((groups, channels), param_dtype))
 
-  def __call__(self, u, dt_low, B, C):
-    """u (batch, L, G, D), dt_low (batch, L, G, dt_rank), B, C (batch, L, G, N) -> y like u."""
+  def __call__(self, u, dt_low, B, C, mask=None):
+    """u (batch, L, G, D), dt_low (batch, L, G, dt_rank), B, C (batch, L, G, N) -> y like u.
+
+    ``mask``: None or (batch, L, G, 1) booleans, the steps to scan.
+    """
     delta = jnp.einsum("blgr,grd->blgd", dt_low, self.dt_proj[...].astype(dt_low.dtype))
     A = -jnp.exp(self.A_log[...])
     return scan.selective_scan(u, delta, A, B, C, self.D[...], self.dt_bias[...],
-                               backend=self.backend, chunk=self.chunk, platform=self.platform)
+                               backend=self.backend, chunk=self.chunk, platform=self.platform,
+                               mask=mask)
 
 
 class GatedScanMixer(nnx.Module):
@@ -91,9 +102,14 @@ class GatedScanMixer(nnx.Module):
     self.out_norm = layers.layer_norm(d_inner, **kw)
     self.out_proj = layers.linear(d_inner, d_model, **kw)
 
-  def enter(self, x):
-    """(batch, H, W, C) -> the scan input u = SiLU(DWConv(x_in)) and the gate z, (batch, H, W, d_inner)."""
+  def enter(self, x, mask=None):
+    """(batch, H, W, C) -> the scan input u = SiLU(DWConv(x_in)) and the gate z, (batch, H, W, d_inner).
+
+    With a ``mask`` (batch, H, W), x_in is zeroed outside it before the convolution.
+    """
     u, z = jnp.split(self.in_proj(x), 2, axis=-1)
+    if mask is not None:
+      u = jnp.where(mask[..., None], u, 0)
     return jax.nn.silu(self.conv(u)), z
 
   def leave(self, y, z):
@@ -115,12 +131,13 @@ class SS2D(GatedScanMixer):
     self.ssm = DirectionalSSM(d_inner, d_state, self.dt_rank, rngs=rngs, backend=backend,
                               chunk=chunk, platform=platform, param_dtype=param_dtype)
 
-  def __call__(self, x):
-    """(batch, H, W, C) -> (batch, H, W, C)."""
+  def __call__(self, x, mask=None):
+    """(batch, H, W, C) and an optional mask (batch, H, W) -> (batch, H, W, C)."""
     _, height, width, _ = x.shape
-    u, z = self.enter(x)
+    u, z = self.enter(x, mask)
     xs = directions.flatten_directions(u)
-    y = self.ssm(xs, *project_dbc(xs, self.x_proj[...], self.dt_rank, self.d_state))
+    y = self.ssm(xs, *project_dbc(xs, self.x_proj[...], self.dt_rank, self.d_state),
+                 mask=directions.sequence_mask(mask))
     return self.leave(directions.merge_directions(y, height, width), z)
 
 
@@ -133,5 +150,6 @@ class VSSBlock(nnx.Module):
     self.mixer = SS2D(d_model, d_state, rngs=rngs, expand=expand, backend=backend, chunk=chunk,
                       platform=platform, dtype=dtype, param_dtype=param_dtype)
 
-  def __call__(self, x):
-    return x + self.mixer(self.norm(x))
+  def __call__(self, x, mask=None):
+    """(batch, H, W, C) and an optional mask (batch, H, W) -> (batch, H, W, C)."""
+    return x + self.mixer(self.norm(x), mask)
