@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from s4fusion_jax import compile_cache
 from s4fusion_jax import evaluation
 from s4fusion_jax import inference
 
@@ -24,6 +25,8 @@ flags.DEFINE_string("split", "test", "the split of a prepared dataset")
 flags.DEFINE_string("checkpoint", None, "an S4Fusion checkpoint directory")
 flags.DEFINE_enum("method", None, list(inference.METHODS), "a baseline instead of a model")
 flags.DEFINE_string("scan_backend", "auto", "selective scan backend")
+flags.DEFINE_bool("exact_sizes", False, "one compiled program per padded image size instead of "
+                  "one per size bucket (the same numbers)")
 flags.DEFINE_integer("samples", 4, "pairs drawn in samples.png")
 flags.DEFINE_bool("progress", True, "show a progress bar")
 
@@ -32,13 +35,16 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
+  compile_cache.enable()
+  compiles = compile_cache.CompileLog()
   try:
-    fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend)
+    fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend, f.exact_sizes)
     mean = evaluation.evaluate(fuser, f.data, f.out, split=f.split, num_samples=f.samples,
                                progress=f.progress)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  print(compiles.summary())
   print(" ".join(f"{k}={v:.4f}" for k, v in mean.items()))
 
 

@@ -20,6 +20,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from s4fusion_jax import cluster
+from s4fusion_jax import compile_cache
 from s4fusion_jax import training
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "the training config file")
@@ -45,7 +46,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   f = flags.FLAGS
-  compiles = cluster.CompileLog()
+  compile_cache.enable()
+  compiles = compile_cache.CompileLog()
   try:
     explicit = (f.coordinator_address, f.num_processes, f.process_id)
     if f.distributed or any(x is not None for x in explicit):

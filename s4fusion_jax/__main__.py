@@ -29,6 +29,10 @@ import sys
 from s4fusion_jax import baselines
 
 
+EXACT_SIZES_HELP = ("one compiled program per padded image size, instead of one per size bucket "
+                    "(the same numbers)")
+
+
 def _convert_reference(args):
   from s4fusion_jax import checkpoint, reference, weights_io  # pylint: disable=import-outside-toplevel
   model = reference.from_torch_state_dict(weights_io.read_state_dict(args.input))
@@ -74,7 +78,8 @@ def _fuse(args):
     image_sizes = [image_files.read_ir(args.ir).shape[:2], image_files.read_vi(args.vi).shape[:2]]
     if image_sizes[0] != image_sizes[1]:
       raise ValueError(f"{args.ir} is {image_sizes[0]} but {args.vi} is {image_sizes[1]}")
-  fuser = inference.Fuser.from_flags(args.checkpoint, args.method, args.scan_backend)
+  fuser = inference.Fuser.from_flags(args.checkpoint, args.method, args.scan_backend,
+                                     args.exact_sizes)
   for ir_path, vi_path, out_path in jobs:
     image_files.write_png(out_path, fuser.fuse(image_files.read_ir(ir_path),
                                                image_files.read_vi(vi_path)))
@@ -88,7 +93,7 @@ def _plot(args):
 
 def _demo(args):
   from s4fusion_jax import evaluation  # pylint: disable=import-outside-toplevel
-  print(evaluation.demo(args.out, args.data, args.checkpoint))
+  print(evaluation.demo(args.out, args.data, args.checkpoint, exact_sizes=args.exact_sizes))
   print(f"fused images, samples.png and metrics in {args.out}/<method>/")
 
 
@@ -137,6 +142,10 @@ def _ablate(args):
   print(f"table, chart and each variant's run in {args.workdir}")
 
 
+# The commands that compile XLA programs, and so use the persistent compilation cache.
+COMPILING = (_convert_reference, _export_reference, _convert_resnet, _fuse, _demo, _ablate)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m s4fusion_jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,6 +186,7 @@ def main(argv=None):
   fuse.add_argument("--method", choices=tuple(baselines.METHODS),
                     help="a baseline instead of a model")
   fuse.add_argument("--scan_backend", default="auto")
+  fuse.add_argument("--exact_sizes", action="store_true", help=EXACT_SIZES_HELP)
   fuse.set_defaults(run=_fuse)
   plot = commands.add_parser("plot", help="draw a training run's curves to a PNG")
   plot.add_argument("workdir")
@@ -186,6 +196,7 @@ def main(argv=None):
   demo.add_argument("--out", default="out/demo")
   demo.add_argument("--data", help="a folder with ir/ and vi/ (default: TNO)")
   demo.add_argument("--checkpoint", help="a model checkpoint (default: the bundled one)")
+  demo.add_argument("--exact_sizes", action="store_true", help=EXACT_SIZES_HELP)
   demo.set_defaults(run=_demo)
   figure = commands.add_parser("figure", help="IR | VI | fused images of several methods, "
                                 "a row per pair, as one PNG")
@@ -212,6 +223,9 @@ def main(argv=None):
   ablate.set_defaults(run=_ablate)
   args = parser.parse_args(argv)
   try:
+    if args.run in COMPILING:
+      from s4fusion_jax import compile_cache  # pylint: disable=import-outside-toplevel
+      compile_cache.enable()
     args.run(args)
   except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -16,7 +16,6 @@ In a single-process run every function here is a no-op.
 
 import contextlib
 import dataclasses
-import threading
 
 from absl import flags
 import jax
@@ -113,32 +112,3 @@ def leave():
     return
   barrier("leave")
   jax.distributed.shutdown()
-
-
-class CompileLog:
-  """Counts the programs this process compiled or read from the persistent cache.
-
-  From JAX's monitoring events; ``summary()`` is one line for the end of a run.
-  """
-
-  def __init__(self):
-    self.programs = self.hits = 0
-    self.seconds = 0.0
-    self._lock = threading.Lock()
-    jax.monitoring.register_event_listener(self._event)
-    jax.monitoring.register_event_duration_secs_listener(self._duration)
-
-  def _event(self, event, **_):
-    if event == "/jax/compilation_cache/cache_hits":
-      with self._lock:
-        self.hits += 1
-
-  def _duration(self, event, duration, **_):
-    if event == "/jax/core/compile/backend_compile_duration":  # a compile or a cache read
-      with self._lock:
-        self.programs += 1
-        self.seconds += duration
-
-  def summary(self):
-    return (f"process {jax.process_index()}: {self.programs - self.hits} programs compiled and "
-            f"{self.hits} read from the persistent cache in {self.seconds:.1f} s")

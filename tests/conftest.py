@@ -70,6 +70,10 @@ CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
+# Every entry point run by a test uses that cache too, not the user's (compile_cache).
+os.environ["S4FUSION_COMPILE_CACHE"] = CACHE["JAX_COMPILATION_CACHE_DIR"]
+
+
 def subprocess_env(extra=None):
   return {**os.environ, "PYTHONPATH": str(REPO), **CACHE, **(extra or {})}
 

@@ -1,0 +1,114 @@
+"""XLA's persistent compilation cache, on for every entry point, and a count of compiles.
+
+train.py, evaluate.py and ``python -m s4fusion_jax`` (fuse, demo, ablate, convert) call
+``enable()`` first, so a program compiled once on a machine is read back by later runs
+instead of being compiled again (fusing a folder: one program per size bucket, compiled
+once per machine). The directory, in order of precedence:
+
+    $S4FUSION_COMPILE_CACHE           a directory, or "off" to turn the cache off
+    $JAX_COMPILATION_CACHE_DIR        JAX's own variable, if set
+    $XDG_CACHE_HOME/s4fusion-jax/xla  (default ~/.cache/s4fusion-jax/xla)
+
+Entries live in a subdirectory per host CPU (model and instruction-set flags): XLA:CPU code
+compiled for one CPU kind may not run on another, so a cache shared between machines (a
+network home) gives the other kind a miss, not a crash. JAX evicts the least recently used
+entries past ``MAX_BYTES`` (its eviction takes a file lock, which also keeps two processes
+from reading an entry while one writes it) and writes only programs that took at least
+``MIN_COMPILE_SECONDS`` to compile (``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` overrides).
+Clearing it is deleting the directory.
+"""
+
+import hashlib
+import os
+import platform
+import threading
+
+import jax
+
+ENV = "S4FUSION_COMPILE_CACHE"
+MAX_BYTES = 4 * 2**30
+MIN_COMPILE_SECONDS = 0.5  # the model's and train step's programs take seconds; eager ops less
+
+
+def cpu_kind():
+  """A short name for this host's CPU kind: the model and instruction-set flags, hashed."""
+  facts = [platform.machine(), platform.processor()]
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith(("model name", "flags", "Features", "CPU part")):
+          facts.append(line.strip())
+        elif not line.strip() and len(facts) > 2:
+          break  # the first processor's block is enough
+  except OSError:
+    pass
+  return f"cpu-{hashlib.sha256(chr(10).join(facts).encode()).hexdigest()[:12]}"
+
+
+def directory():
+  """The cache directory ``enable`` uses (with its CPU-kind part), or None when turned off."""
+  chosen = os.environ.get(ENV)
+  if chosen is not None and chosen.strip().lower() in ("off", "0", "false", "no", ""):
+    return None
+  if not chosen:
+    chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache")),
+        "s4fusion-jax", "xla")
+  return os.path.join(chosen, cpu_kind())
+
+
+def enable():
+  """Turns the persistent cache on (see the module docstring); returns its directory or None.
+
+  Call it before the first compile. A directory that cannot be created leaves the cache off
+  with a warning: a cache is never a reason for a job to fail.
+  """
+  path = directory()
+  if path is None:
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    print(f"warning: no compilation cache ({e}); set {ENV}=off to silence this")
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+  return path
+
+
+class CompileLog:
+  """Counts the programs this process compiled or read from the persistent cache.
+
+  From JAX's monitoring events (for every thread); ``summary()`` is one line for the end of
+  a run.
+  """
+
+  def __init__(self):
+    self.programs = self.hits = 0
+    self.seconds = 0.0
+    self._lock = threading.Lock()
+    jax.monitoring.register_event_listener(self._event)
+    jax.monitoring.register_event_duration_secs_listener(self._duration)
+
+  def _event(self, event, **_):
+    if event == "/jax/compilation_cache/cache_hits":
+      with self._lock:
+        self.hits += 1
+
+  def _duration(self, event, duration, **_):
+    if event == "/jax/core/compile/backend_compile_duration":  # a compile or a cache read
+      with self._lock:
+        self.programs += 1
+        self.seconds += duration
+
+  @property
+  def compiled(self):
+    """Programs compiled (not read from the cache) so far."""
+    return self.programs - self.hits
+
+  def summary(self):
+    return (f"process {jax.process_index()}: {self.compiled} programs compiled and "
+            f"{self.hits} read from the persistent cache in {self.seconds:.1f} s")

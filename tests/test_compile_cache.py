@@ -1,0 +1,86 @@
+"""The persistent compilation cache of the entry points: where it is, hits across processes."""
+
+import builtins
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+from flax import nnx
+
+from conftest import REPO, shared_path
+from s4fusion_jax import checkpoint
+from s4fusion_jax import compile_cache
+from s4fusion_jax import model as model_lib
+
+
+def test_the_directory_and_its_switches(monkeypatch, tmp_path):
+  kind = compile_cache.cpu_kind()
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.delenv(compile_cache.ENV, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert compile_cache.directory() == str(tmp_path / "xdg" / "s4fusion-jax" / "xla" / kind)
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+  assert compile_cache.directory() == str(tmp_path / "jax" / kind)
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "ours"))
+  assert compile_cache.directory() == str(tmp_path / "ours" / kind)
+  for off in ("off", "0", ""):
+    monkeypatch.setenv(compile_cache.ENV, off)
+    assert compile_cache.directory() is None
+
+
+def test_each_cpu_kind_has_its_own_entries(monkeypatch):
+  real_open = builtins.open
+
+  def cpuinfo(flags):
+    def fake_open(path, *args, **kwargs):
+      if path == "/proc/cpuinfo":
+        return io.StringIO(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n"
+                           f"processor\t: 1\nflags\t\t: other\n")
+      return real_open(path, *args, **kwargs)
+    return fake_open
+
+  kinds = []
+  for flags in ("fpu sse2 avx2 avx512f", "fpu sse2 avx2", "fpu sse2 avx2"):
+    monkeypatch.setattr(builtins, "open", cpuinfo(flags))
+    kinds.append(compile_cache.cpu_kind())
+  assert kinds[0] != kinds[1] and kinds[1] == kinds[2]
+
+
+def evaluate(data, out, cache):
+  return subprocess.Popen(
+      [sys.executable, "evaluate.py", f"--data={data}", f"--out={out}",
+       f"--checkpoint={out.parent / 'tiny'}", "--progress=false", "--samples=0"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env={**os.environ, "PYTHONPATH": str(REPO), compile_cache.ENV: str(cache)})
+
+
+def finish(proc):
+  stdout, stderr = proc.communicate(timeout=900)
+  assert proc.returncode == 0, stderr[-3000:]
+  compiled, read = map(int, re.search(r"(\d+) programs compiled and (\d+) read", stdout).groups())
+  return compiled, read
+
+
+def test_two_writers_at_once_then_a_reader_hits(tmp_path):
+  """Two evaluations fill an empty cache at once; a third, in a fresh process, reads from it."""
+  config = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
+                                 d_state=4, fusion_d_state=6)
+  checkpoint.save_model(tmp_path / "tiny", model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
+  data = tmp_path / "pairs"
+  for kind in ("ir", "vi"):
+    os.makedirs(data / kind)
+    for name in ("07.png", "19.png"):  # 256 x 256 and 270 x 360: two buckets
+      os.symlink(shared_path("data", "tno", kind, name), data / kind / name)
+  cache = tmp_path / "cache"
+  writers = [evaluate(data, tmp_path / f"out{i}", cache) for i in range(2)]
+  first = [finish(p) for p in writers]
+  assert all(read == 0 and compiled >= 2 for compiled, read in first), first
+  entries = os.listdir(cache / compile_cache.cpu_kind())
+  assert entries, "nothing was written to the cache"
+  compiled, read = finish(evaluate(data, tmp_path / "out2", cache))
+  assert read >= 2 and compiled < min(c for c, _ in first), (compiled, read, first)
+  means = [json.loads((tmp_path / f"out{i}" / "metrics.json").read_text()) for i in range(3)]
+  assert means[0] == means[1] == means[2]
