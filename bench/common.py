@@ -78,7 +78,30 @@ def print_table(rows, columns):
     print("| " + " | ".join(fmt.format(row[k]) for k, _, fmt in columns) + " |")
 
 
+def cpu():
+  """The host CPU: model name, family / model numbers, AVX-512 or not (from /proc/cpuinfo)."""
+  facts = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        facts.setdefault(key.strip(), value.strip())
+  except OSError:
+    return "an unknown CPU"
+  avx512 = "AVX-512" if "avx512f" in facts.get("flags", "").split() else "no AVX-512 (AVX2 only)"
+  return (f"{facts.get('model name', '?')} (family {facts.get('cpu family', '?')}, model "
+          f"{facts.get('model', '?')}), {avx512}, {os.cpu_count()} CPUs")
+
+
 def machine():
-  """One line naming the device and the CPU count."""
+  """One line naming the device and the host CPU (model, AVX-512 or not, CPU count)."""
   device = jax.devices()[0]
-  return f"{device.platform}: {device.device_kind}, {os.cpu_count()} CPUs"
+  return f"{device.platform}: {device.device_kind}; {cpu()}"
+
+
+def commit():
+  """The checked-out commit (short hash), with "+changes" when the tree differs from it."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                          check=False).stdout.strip()
+  return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain") else "")

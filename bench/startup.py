@@ -1,0 +1,157 @@
+"""What a user waits for before and while fusing: start-up, compilation, the cache, buckets.
+
+    python bench/startup.py [--pairs 40] [--repeats 3]    # about 25 minutes on 2 CPU cores
+
+Every case is a fresh process, run on an otherwise idle CPU; short cases are repeated and
+their median shown, the evaluations run once. Seconds are wall time, also shown in units of
+the ResNet50 forward on 4 x 229^2 x 3 measured in this run (the machines differ ~3x).
+  import       ``import s4fusion_jax.inference`` (JAX, flax and the model's modules)
+  load_model   ``checkpoint.load_model`` of the bundled model, after the import
+  new_model    ``S4Fusion(ModelConfig(), rngs=...)``: a fresh model (every training start)
+  fuse         ``python -m s4fusion_jax fuse`` of one random 481 x 637 pair, the whole command:
+               with an emptied cache directory, then again with the cache the first filled
+  evaluate     ``evaluate.py`` on the first --pairs pairs of roadscene_train with the bundled
+               model: --exact_sizes or bucketed, each with an emptied and then a warm cache;
+               programs compiled and read from the cache as evaluate.py counts them
+The padded area (sum of H x W the model runs on) and the number of distinct programs are
+printed for those pairs and for all 180, exact and bucketed.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+import common  # pylint: disable=wrong-import-order
+from s4fusion_jax import compile_cache  # pylint: disable=wrong-import-order
+from s4fusion_jax import sizes  # pylint: disable=wrong-import-order
+
+DATA = os.path.join(common.REPO, "..", "shared", "data", "roadscene_train")
+
+IN_PROCESS = {
+    "import": "import s4fusion_jax.inference",
+    "load_model": "inference.Fuser.from_flags()",
+    "new_model": "model_lib.S4Fusion(model_lib.ModelConfig(), rngs=nnx.Rngs(0))",
+}
+
+
+def in_process_case(name):
+  """Times one IN_PROCESS case in this (fresh) process; prints its seconds as JSON."""
+  start = time.perf_counter()
+  from flax import nnx  # pylint: disable=import-outside-toplevel,unused-import
+  from s4fusion_jax import inference  # pylint: disable=import-outside-toplevel,unused-import
+  from s4fusion_jax import model as model_lib  # pylint: disable=import-outside-toplevel,unused-import
+  seconds = time.perf_counter() - start
+  if name != "import":
+    start = time.perf_counter()
+    eval(IN_PROCESS[name])  # pylint: disable=eval-used
+    seconds = time.perf_counter() - start
+  print(json.dumps({"seconds": seconds}))
+
+
+def timed_command(args, cache):
+  """(wall seconds, stdout) of a command run with ``cache`` as its compilation cache."""
+  start = time.perf_counter()
+  out = subprocess.run([sys.executable, *args], cwd=common.REPO, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": common.REPO, compile_cache.ENV: cache},
+                       check=False)
+  seconds = time.perf_counter() - start
+  if out.returncode != 0:
+    raise RuntimeError(f"{args} failed: {out.stderr[-2000:]}")
+  return seconds, out.stdout
+
+
+def resnet_unit(repeats):
+  """The median seconds of the ResNet50 forward on 4 x 229^2 x 3 (after compiling it)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import throughput  # pylint: disable=import-outside-toplevel
+  fn, fn_args = throughput.resnet_case()
+  return common.time_run(jax.jit(fn).lower(*fn_args).compile(), *fn_args, repeats=repeats)
+
+
+def areas(shapes):
+  """{exact / bucketed: (distinct programs, padded area)} of images of ``shapes``."""
+  exact = [(sizes.valid_length(h), sizes.valid_length(w)) for h, w in shapes]
+  bucketed = [(sizes.bucket_length(h), sizes.bucket_length(w)) for h, w in shapes]
+  return {name: (len(set(r)), sum(h * w for h, w in r))
+          for name, r in (("exact", exact), ("bucketed", bucketed))}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--case", help=argparse.SUPPRESS)
+  parser.add_argument("--pairs", type=int, default=40)
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args()
+  if args.case:
+    return in_process_case(args.case)
+  work = tempfile.mkdtemp(prefix="s4fusion-startup-")
+  cache = os.path.join(work, "cache")
+  rows = []
+  for name in IN_PROCESS:
+    runs = [json.loads(timed_command([__file__, "--case", name], cache)[1].splitlines()[-1])
+            ["seconds"] for _ in range(args.repeats)]
+    rows.append({"case": name, "seconds": statistics.median(runs), "programs": "-"})
+
+  rng = np.random.default_rng(0)
+  for kind, channels in (("ir", 1), ("vi", 3)):
+    os.makedirs(os.path.join(work, "pair", kind))
+    Image.fromarray(rng.integers(0, 256, (481, 637, channels), np.uint8).squeeze()).save(
+        os.path.join(work, "pair", kind, "a.png"))
+  shutil.rmtree(cache, ignore_errors=True)
+  for state in ("empty", "warm"):
+    seconds, _ = timed_command(["-m", "s4fusion_jax", "fuse", "--ir", f"{work}/pair/ir/a.png",
+                                "--vi", f"{work}/pair/vi/a.png", "--out", f"{work}/a.png"], cache)
+    rows.append({"case": f"fuse 481 x 637, {state} cache", "seconds": seconds, "programs": "-"})
+
+  names = sorted(os.listdir(os.path.join(DATA, "ir")))
+  subset = os.path.join(work, "subset")
+  for kind in ("ir", "vi"):
+    os.makedirs(os.path.join(subset, kind))
+    for name in names[:args.pairs]:
+      os.symlink(os.path.join(os.path.abspath(DATA), kind, name), os.path.join(subset, kind, name))
+  means = {}
+  for mode in ("--exact_sizes", "--noexact_sizes"):
+    shutil.rmtree(cache, ignore_errors=True)
+    for state in ("empty", "warm"):
+      seconds, stdout = timed_command(["evaluate.py", f"--data={subset}", f"--out={work}/eval",
+                                       "--progress=false", mode], cache)
+      compiled, read = re.search(r"(\d+) programs compiled and (\d+) read", stdout).groups()
+      means[mode, state] = dict(kv.split("=") for kv in stdout.split("\n")[-2].split())
+      label = "exact sizes" if mode == "--exact_sizes" else "bucketed"
+      rows.append({"case": f"evaluate {args.pairs} pairs, {label}, {state} cache",
+                   "seconds": seconds, "programs": f"{compiled} compiled, {read} read"})
+  unit = resnet_unit(args.repeats)
+  for row in rows:
+    row["units"] = row["seconds"] / unit
+
+  print(f"{common.machine()}; commit {common.commit()}; unit = ResNet50 forward 4x229^2x3 = "
+        f"{unit:.3f} s\n")
+  common.print_table(rows, [("case", "case", "{}"), ("seconds", "seconds", "{:.1f}"),
+                            ("units", "ResNet50 units", "{:.0f}"), ("programs", "programs", "{}")])
+  shapes = [Image.open(os.path.join(DATA, "ir", n)).size[::-1] for n in names]
+  print()
+  for label, subset_shapes in ((f"first {args.pairs}", shapes[:args.pairs]),
+                               (f"all {len(shapes)}", shapes)):
+    stats = areas(subset_shapes)
+    print(f"roadscene_train, {label} pairs: exact sizes {stats['exact'][0]} programs, bucketed "
+          f"{stats['bucketed'][0]}; padded area bucketed / exact = "
+          f"{stats['bucketed'][1] / stats['exact'][1]:.3f}")
+  worst = max(abs(float(means["--noexact_sizes", "empty"][k]) / float(v) - 1)
+              for k, v in means["--exact_sizes", "empty"].items())
+  print(f"evaluate's means, bucketed vs exact: largest relative difference {worst:.1e}")
+  shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
