@@ -80,7 +80,7 @@ def create_train_state(config, tx, init_from=None):
         f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)})
     model.train()
   else:
-    model = model_lib.S4Fusion(model_config, rngs=nnx.Rngs(config.seed))
+    model = model_lib.create(model_config, config.seed)
   return train_step.init_state(model, tx, config.seed)
 
 

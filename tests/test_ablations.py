@@ -57,7 +57,7 @@ def test_bad_fusion_options_are_named():
 
 
 def small_model(**changes):
-  return model_lib.S4Fusion(model_lib.ModelConfig(**SMALL, **changes), rngs=nnx.Rngs(3))
+  return model_lib.create(model_lib.ModelConfig(**SMALL, **changes), 3)
 
 
 def flat_params(model):

@@ -181,7 +181,7 @@ def test_ablations_without_masks_fuse_at_exact_sizes():
                                                      depths_decoder=(1, 1, 1), d_state=4,
                                                      fusion_d_state=4, fusion_blocks=1),
                                fusion="cnn")
-  model = model_lib.S4Fusion(config, rngs=nnx.Rngs(0))
+  model = model_lib.create(config)
   assert not model.takes_buckets and not inference.Fuser(model=model).bucketed
   ir = jnp.zeros((1, 97, 97, 1))
   with pytest.raises(ValueError, match="does not take size buckets"):

@@ -68,7 +68,7 @@ def test_two_writers_at_once_then_a_reader_hits(tmp_path):
   """Two evaluations fill an empty cache at once; a third, in a fresh process, reads from it."""
   config = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
                                  d_state=4, fusion_d_state=6)
-  checkpoint.save_model(tmp_path / "tiny", model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
+  checkpoint.save_model(tmp_path / "tiny", model_lib.create(config))
   data = tmp_path / "pairs"
   for kind in ("ir", "vi"):
     os.makedirs(data / kind)

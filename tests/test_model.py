@@ -39,8 +39,22 @@ def test_default_config_builds_the_released_sizes():
   assert model_lib.count_params(model) == 3_562_957
 
 
+def test_create_initialises_as_the_constructor_does():
+  eager = nnx.state(model_lib.S4Fusion(TINY, rngs=nnx.Rngs(7)))
+  compiled = nnx.state(model_lib.create(TINY, 7))
+  flat_eager, flat_compiled = (dict(nnx.to_flat_state(x)) for x in (eager, compiled))
+  assert flat_eager.keys() == flat_compiled.keys()
+  for path, value in flat_eager.items():
+    ours, ref = np.asarray(flat_compiled[path].get_value()), np.asarray(value.get_value())
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape, path
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7, err_msg=str(path))
+  other = nnx.state(model_lib.create(TINY, 8), nnx.Param)
+  assert not np.allclose(other["embed_ir"]["proj"]["kernel"][...],
+                         compiled["embed_ir"]["proj"]["kernel"][...])
+
+
 def test_gradients_reach_every_parameter_but_the_unused_fusion_scale(tiny_golden):
-  model = model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0))
+  model = model_lib.create(TINY)
   ir, vi = golden_inputs(tiny_golden)
   grads = nnx.jit(nnx.grad(lambda m: jnp.mean((m(ir, vi) - ir) ** 2)))(model)
   for path, g in nnx.to_flat_state(grads):
@@ -59,8 +73,7 @@ def count_whiles(model, key, ir, vi):
 
 
 def test_jit_drops_the_unused_finest_fusion(tiny_golden):
-  model = model_lib.S4Fusion(dataclasses.replace(TINY, scan_backend="sequential"),
-                             rngs=nnx.Rngs(0))
+  model = model_lib.create(dataclasses.replace(TINY, scan_backend="sequential"))
   ir, vi = golden_inputs(tiny_golden)
   scans = {
       "encoders": 2 * sum(TINY.depths),

@@ -47,7 +47,7 @@ def test_export_gives_back_the_fixture(request, golden_name):
 def test_import_export_import_is_the_identity_at_other_sizes():
   config = model_lib.ModelConfig(dims=(12, 24, 48), depths=(2, 1, 1), depths_decoder=(1, 1, 2),
                                  d_state=5, fusion_d_state=7, fusion_blocks=2)
-  model = model_lib.S4Fusion(config, rngs=nnx.Rngs(3))
+  model = model_lib.create(config, 3)
   back = reference.from_torch_state_dict(reference.to_torch_state_dict(model))
   assert back.config == config
   assert_same_model(back, model)
