@@ -5,9 +5,12 @@
 
 --data is a folder with ir/ and vi/ (same-named pairs) or a prepared TFDS dataset
 directory (python -m s4fusion_jax prepare ...) read at --split. Without --checkpoint and
---method the bundled model is used.
+--method the bundled model is used. Run again with the same arguments after an interruption,
+it fuses only the pairs not yet done (a different model or setting starts afresh).
 """
 
+import os
+import signal
 import sys
 
 from absl import app
@@ -30,6 +33,9 @@ flags.DEFINE_bool("exact_sizes", False, "one compiled program per padded image s
 flags.DEFINE_integer("samples", 4, "pairs drawn in samples.png")
 flags.DEFINE_bool("progress", True, "show a progress bar")
 
+# A test hook: the process kills itself (SIGKILL) after fusing this many pairs.
+KILL_AFTER = "S4FUSION_EVALUATE_KILL_AFTER"
+
 
 def main(argv):
   del argv
@@ -39,11 +45,21 @@ def main(argv):
   compiles = compile_cache.CompileLog()
   try:
     fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend, f.exact_sizes)
+    fused = []
+    kill_after = int(os.environ.get(KILL_AFTER, 0))
+
+    def on_pair(count):
+      fused.append(count)
+      if count == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
     mean = evaluation.evaluate(fuser, f.data, f.out, split=f.split, num_samples=f.samples,
-                               progress=f.progress)
+                               progress=f.progress, on_pair=on_pair)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  print(f"fused {len(fused)} pairs in this run (pairs an earlier run of the same model, "
+        "settings and data recorded in --out are kept)")
   print(compiles.summary())
   print(" ".join(f"{k}={v:.4f}" for k, v in mean.items()))
 

@@ -2,10 +2,18 @@
 
 Outputs in OUT: ``fused/NAME.png`` (uint8, grey or recoloured RGB), ``metrics.csv`` (one
 row per image), ``metrics.json`` (``{"mean": {...}, "per_image": {name: {...}}}``),
+``progress.jsonl`` (what makes a run resumable, below),
 ``metrics.md`` (the mean table) and ``samples.png`` (IR | VI | fused for a few pairs; none
 for ``num_samples=0``).
 Metrics are computed on the saved files re-read as grey the way the CDDFuse/EMMA
 Evaluator reads them (``metrics.evaluator_gray``); every file is written atomically.
+
+Resuming: ``progress.jsonl`` starts with the run's identity (the fuser's ``signature``: its
+model's parameters and settings, or the baseline; the data and split) and gains one line per
+pair once its fused image is saved and measured. A run given the same OUT and the same
+identity (e.g. rerun after being killed) keeps the pairs recorded there whose image is on disk
+and fuses only the rest; any other identity starts afresh. A line cut short by a kill is
+ignored.
 """
 
 import csv
@@ -61,25 +69,75 @@ def tables(per_image):
   return out.getvalue(), md, mean
 
 
-def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True):
-  """Fuses, saves and measures every pair of ``data``; returns the mean metrics."""
+def _read_fused(path):
+  """A fused image as ``Fuser.fuse`` returned it: uint8 (H, W, 1) or (H, W, 3)."""
+  image = np.asarray(Image.open(path))
+  return image[..., None] if image.ndim == 2 else image
+
+
+def _resume(record, identity):
+  """The pairs ``record`` (progress.jsonl) holds for a run of ``identity``, {name: metrics}."""
+  if not os.path.isfile(record):
+    return {}
+  with open(record) as f:
+    lines = f.read().split("\n")
+  try:
+    if json.loads(lines[0]) != {"run": identity}:
+      return {}
+  except json.JSONDecodeError:
+    return {}
+  done = {}
+  for line in lines[1:]:
+    try:
+      entry = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # the line a kill cut short (or the empty one after the last newline)
+    done[entry["name"]] = entry["metrics"]
+  return done
+
+
+def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True, on_pair=None):
+  """Fuses, saves and measures every pair of ``data``; returns the mean metrics.
+
+  Resumes a run of the same fuser and data in ``out`` (see the module docstring).
+  ``on_pair(count)``, if given, is called after each pair this call fused, with their number.
+  """
   os.makedirs(os.path.join(out, "fused"), exist_ok=True)
   items = list(pairs(data, split))
   if not items:
     raise ValueError(f"no image pairs in {data}")
+  identity = json.loads(json.dumps(  # as it reads back from the record (lists, not tuples)
+      {"fuser": fuser.signature(), "data": os.path.abspath(data), "split": split}))
+  record = os.path.join(out, "progress.jsonl")
+  fused_path = lambda name: os.path.join(out, "fused", os.path.splitext(name)[0] + ".png")
+  done = {name: m for name, m in _resume(record, identity).items()
+          if os.path.isfile(fused_path(name))}
+  _write_text(record, "".join(json.dumps(x) + "\n" for x in [{"run": identity}] + [
+      {"name": name, "metrics": m} for name, m in done.items()]))
   if progress:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     items = tqdm(items, desc="fuse + measure", dynamic_ncols=True)
-  per_image, rows = {}, []
-  for name, ir, vi in items:
-    fused = fuser.fuse(ir, vi)
-    path = os.path.join(out, "fused", os.path.splitext(name)[0] + ".png")
-    image_files.write_png(path, fused)
-    saved = np.asarray(Image.open(path).convert("RGB"))
-    per_image[name] = metrics.compute(metrics.evaluator_gray(saved), metrics.evaluator_gray(ir),
-                                      metrics.evaluator_gray(vi))
-    if len(rows) < num_samples:
-      rows.append([ir, vi, fused])
+  per_image, rows, count = {}, [], 0
+  with open(record, "a") as log:
+    for name, ir, vi in items:
+      path = fused_path(name)
+      if name in done:
+        per_image[name] = done[name]
+        fused = _read_fused(path) if len(rows) < num_samples else None
+      else:
+        fused = fuser.fuse(ir, vi)
+        image_files.write_png(path, fused)
+        saved = np.asarray(Image.open(path).convert("RGB"))
+        per_image[name] = metrics.compute(metrics.evaluator_gray(saved),
+                                          metrics.evaluator_gray(ir), metrics.evaluator_gray(vi))
+        log.write(json.dumps({"name": name, "metrics": per_image[name]}) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+        count += 1
+        if on_pair:
+          on_pair(count)
+      if len(rows) < num_samples:
+        rows.append([ir, vi, fused])
   csv_text, md, mean = tables(per_image)
   _write_text(os.path.join(out, "metrics.csv"), csv_text)
   _write_text(os.path.join(out, "metrics.json"),

@@ -13,8 +13,11 @@ no masks, run each padded size as its own program instead. Within a process each
 compiles once (jit's cache).
 """
 
+import dataclasses
+import hashlib
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -58,6 +61,19 @@ class Fuser:
           f"or --method {'|'.join(METHODS)}")
     return cls(model=checkpoint.load_model(path, scan_backend=scan_backend),
                exact_sizes=exact_sizes)
+
+  def signature(self):
+    """What decides the fused images, as JSON-able values: the baseline; or the model's config,
+    a hash of its parameters and state (e.g. BatchNorm statistics) and the size handling."""
+    if self.method is not None:
+      return {"method": self.method}
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree.leaves_with_path(nnx.state(self.model)):
+      leaf = np.asarray(leaf)
+      digest.update(f"{jax.tree_util.keystr(path)} {leaf.dtype} {leaf.shape}".encode())
+      digest.update(leaf.tobytes())
+    return {"config": dataclasses.asdict(self.model.config), "state": digest.hexdigest(),
+            "exact_sizes": not self.bucketed}
 
   def fuse_y(self, ir, vi_y):
     """ir, vi_y: float32 (H, W, 1) in [0, 1] -> fused Y, float32 (H, W, 1), unclamped."""

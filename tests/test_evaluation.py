@@ -2,7 +2,9 @@
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -66,19 +68,37 @@ def test_average_baseline_on_all_of_tno(tmp_path):
   assert ours["Qabf"] == pytest.approx(result["per_image"][names[0]]["Qabf"], rel=1e-12)
 
 
-def test_tiny_random_model_on_tno(tmp_path):
-  model = model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0))
-  checkpoint.save_model(tmp_path / "tiny", model)
+def fused_in_run(proc):
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return int(re.search(r"fused (\d+) pairs in this run", proc.stdout).group(1))
+
+
+def test_tiny_random_model_on_tno_killed_and_resumed(tmp_path):
+  checkpoint.save_model(tmp_path / "tiny", model_lib.create(TINY))
   data = tmp_path / "tno"
   names = sorted(os.listdir(shared_path("data", "tno", "ir")))[:4]
   for sub in ("ir", "vi"):
     os.makedirs(data / sub)
     for name in names:
       shutil.copy(shared_path("data", "tno", sub, name), data / sub / name)
-  proc = evaluate("--data", str(data), "--out", str(tmp_path / "out"), "--checkpoint",
-                  str(tmp_path / "tiny"))
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  check_outputs(tmp_path / "out", names)
+  args = ["--data", str(data), "--checkpoint", str(tmp_path / "tiny")]
+  assert fused_in_run(evaluate(*args, "--out", str(tmp_path / "straight"))) == 4
+  check_outputs(tmp_path / "straight", names)
+  # Killed (SIGKILL) right after its second pair, then run again with the same arguments.
+  out = tmp_path / "resumed"
+  killed = subprocess.run([sys.executable, "evaluate.py", "--progress=false", *args,
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO),
+                               "S4FUSION_EVALUATE_KILL_AFTER": "2"})  # evaluate.KILL_AFTER
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  assert len(os.listdir(out / "fused")) == 2 and not (out / "metrics.json").exists()
+  assert fused_in_run(evaluate(*args, "--out", str(out))) == 2
+  for table in ("metrics.json", "metrics.csv", "metrics.md"):
+    assert (out / table).read_text() == (tmp_path / "straight" / table).read_text(), table
+  assert fused_in_run(evaluate(*args, "--out", str(out))) == 0  # all done: nothing to fuse
+  # Another fuser in the same folder starts afresh.
+  assert fused_in_run(evaluate("--data", str(data), "--out", str(out), "--method", "average")) == 4
+  check_outputs(out, names)
 
 
 def test_evaluate_without_a_model_or_method_says_what_to_pass(tmp_path, monkeypatch):
@@ -122,7 +142,7 @@ def test_the_command_line_plots_without_importing_jax(tmp_path):
 
 
 def test_model_fuser_pads_any_size_and_matches_fuse():
-  model = model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0))
+  model = model_lib.create(TINY)
   rng = np.random.default_rng(1)
   ir = rng.integers(0, 256, (33, 47, 1), dtype=np.uint8)
   vi = np.repeat(rng.integers(0, 256, (33, 47, 1), dtype=np.uint8), 3, -1)
@@ -177,7 +197,7 @@ def test_evaluator_gray_follows_opencv():
 
 
 def test_demo_on_the_bundled_pairs(tmp_path):
-  checkpoint.save_model(tmp_path / "tiny", model_lib.S4Fusion(TINY, rngs=nnx.Rngs(0)))
+  checkpoint.save_model(tmp_path / "tiny", model_lib.create(TINY))
   text = evaluation.demo(str(tmp_path / "demo"), data=str(REPO / "demo_data" / "tno"),
                          checkpoint_dir=str(tmp_path / "tiny"), progress=False)
   assert text.startswith("Means over a sample of 4 pairs")
