@@ -124,7 +124,7 @@ def main():
   for mode in ("--exact_sizes", "--noexact_sizes"):
     shutil.rmtree(cache, ignore_errors=True)
     for state in ("empty", "warm"):
-      seconds, stdout = timed_command(["evaluate.py", f"--data={subset}", f"--out={work}/eval",
+      seconds, stdout = timed_command(["evaluate.py", f"--data={subset}", f"--out={work}/eval-{mode}-{state}",
                                        "--progress=false", mode], cache)
       compiled, read = re.search(r"(\d+) programs compiled and (\d+) read", stdout).groups()
       means[mode, state] = dict(kv.split("=") for kv in stdout.split("\n")[-2].split())
