@@ -7,7 +7,9 @@ their median shown, the evaluations run once. Seconds are wall time, also shown 
 the ResNet50 forward on 4 x 229^2 x 3 measured in this run (the machines differ ~3x).
   import       ``import s4fusion_jax.inference`` (JAX, flax and the model's modules)
   load_model   ``checkpoint.load_model`` of the bundled model, after the import
-  new_model    ``S4Fusion(ModelConfig(), rngs=...)``: a fresh model (every training start)
+  new_model    ``S4Fusion(ModelConfig(), rngs=...)``: a fresh model, built eagerly
+  create       ``model.create(ModelConfig())``: the same in one compiled program (training
+               starts this way), with the cache emptied, then warm
   fuse         ``python -m s4fusion_jax fuse`` of one random 481 x 637 pair, the whole command:
                with an emptied cache directory, then again with the cache the first filled
   evaluate     ``evaluate.py`` on the first --pairs pairs of roadscene_train with the bundled
@@ -41,6 +43,7 @@ IN_PROCESS = {
     "import": "import s4fusion_jax.inference",
     "load_model": "inference.Fuser.from_flags()",
     "new_model": "model_lib.S4Fusion(model_lib.ModelConfig(), rngs=nnx.Rngs(0))",
+    "create": "model_lib.create(model_lib.ModelConfig())",
 }
 
 
@@ -100,7 +103,10 @@ def main():
   rows = []
   for name in IN_PROCESS:
     runs = [json.loads(timed_command([__file__, "--case", name], cache)[1].splitlines()[-1])
-            ["seconds"] for _ in range(args.repeats)]
+            ["seconds"] for _ in range(args.repeats + (name == "create"))]
+    if name == "create":  # its first run fills the emptied cache, the others read it
+      rows.append({"case": "create, empty cache", "seconds": runs.pop(0), "programs": "-"})
+      name = "create, warm cache"
     rows.append({"case": name, "seconds": statistics.median(runs), "programs": "-"})
 
   rng = np.random.default_rng(0)
