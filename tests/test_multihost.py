@@ -40,7 +40,7 @@ def start_cluster(workdir, caches, flags=(), envs=({}, {})):
       [sys.executable, "train.py", f"--workdir={workdir}", *TRAIN_FLAGS, *flags,
        f"--coordinator_address={address}", f"--num_processes={len(caches)}",
        f"--process_id={i}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=subprocess_env({"JAX_COMPILATION_CACHE_DIR": str(cache), **env}))
+      env=subprocess_env({"S4FUSION_COMPILE_CACHE": str(cache), **env}))
           for i, (cache, env) in enumerate(zip(caches, envs))]
 
 
