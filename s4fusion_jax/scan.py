@@ -32,8 +32,12 @@ Backends (one enum, one entry point, as in recurrentgemma's scan module):
                     recurrence in reverse time. Under ``grad`` it keeps L / chunk
                     states plus one chunk's. Inside a chunk: ``sequential`` on CPU,
                     ``associative`` elsewhere.
-    ``auto``        the measured best for the platform, forward-only or trained
-                    (``AUTO_BACKEND``, ``resolve_backend``).
+    ``auto``        the measured best for the platform, forward-only and trained
+                    (``AUTO_BACKEND``): where they differ (CPU: ``sequential`` forward,
+                    ``chunked`` under ``grad``), one custom VJP runs the first when the
+                    values alone are needed and the chunked scan's passes under ``grad``,
+                    so a model left at ``auto`` is right for both uses. Forward-mode
+                    differentiation (``jvp``) then needs an explicit backend.
 """
 
 import enum
@@ -68,7 +72,7 @@ def resolve_backend(backend, platform=None, differentiated=False) -> ScanBackend
 
   "auto" picks by ``platform`` (default: JAX's) and by whether the scan will be
   differentiated (training resolves it with ``differentiated=True``; left as "auto"
-  in a model, it means inference).
+  in a model, ``selective_scan`` serves both).
   """
   backend = ScanBackend(backend)
   if backend != ScanBackend.AUTO:
@@ -291,6 +295,47 @@ def _chunked_bwd(inner, residuals, dy):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
+def _split(x, chunk):
+  """(L, ...) -> (chunks, chunk, ...), padded at the end with zeros (no input, no output)."""
+  chunks = -(-x.shape[0] // chunk)
+  x = jnp.pad(x, [(0, chunks * chunk - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+  return x.reshape(chunks, chunk, *x.shape[1:])
+
+
+def _unsplit(x, length):
+  """(chunks, chunk, ...) -> (length, ...), the padding dropped."""
+  return x.reshape(-1, *x.shape[2:])[:length]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _fast_forward(u, delta, A, B, C, D, delta_bias, forward, inner, chunk):
+  """``auto`` where one backend is the fastest forward and the chunked scan the fastest under
+  ``grad``: the values of ``forward`` over the whole time-major sequence (L, ...); under
+  ``grad``, the chunked scan's forward pass (chunk-start states kept) and its backward."""
+  dt = jax.nn.softplus(delta + delta_bias)
+  h0 = jnp.zeros((A.shape[0], *u.shape[1:]), u.dtype)
+  return _OUTPUTS[forward](h0, dt, A, dt * u, B, C)[1] + D * u
+
+
+def _fast_forward_fwd(u, delta, A, B, C, D, delta_bias, forward, inner, chunk):
+  del forward
+  split = lambda x: _split(x, chunk)
+  y, residuals = _chunked_fwd(split(u), split(delta), A, split(B), split(C), D, delta_bias,
+                              inner)
+  return _unsplit(y, u.shape[0]), residuals
+
+
+def _fast_forward_bwd(forward, inner, chunk, residuals, dy):
+  del forward
+  du, ddelta, dA, dB, dC, dD, dbias = _chunked_bwd(inner, residuals, _split(dy, chunk))
+  length = dy.shape[0]
+  return (_unsplit(du, length), _unsplit(ddelta, length), dA, _unsplit(dB, length),
+          _unsplit(dC, length), dD, dbias)
+
+
+_fast_forward.defvjp(_fast_forward_fwd, _fast_forward_bwd)
+
+
 def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", chunk=None,
                    platform=None, mask=None):
   """Runs the selective scan; see the module docstring for the shapes.
@@ -319,7 +364,8 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
     y: (batch, L, G, D) in ``state_dtype(u.dtype)``.
   """
   platform = platform or jax.default_backend()
-  backend = resolve_backend(backend, platform)
+  forward = resolve_backend(backend, platform)
+  trained = resolve_backend(backend, platform, differentiated=True)
   dtype = state_dtype(u.dtype)
   u, delta, A, B, C, D, delta_bias = (
       x.astype(dtype) for x in (u, delta, A, B, C, D, delta_bias))
@@ -330,19 +376,16 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
   u_t, delta_t = (jnp.moveaxis(x, 1, 0) for x in (u, delta))     # (L, b, G, D)
   B_t, C_t = (jnp.transpose(x, (1, 3, 0, 2)) for x in (B, C))    # (L, N, b, G)
   A = jnp.moveaxis(A, -1, 0)                                     # (N, G, D)
-  if backend == ScanBackend.CHUNKED:
-    chunk = min(chunk or DEFAULT_CHUNK, length)
-    chunks = -(-length // chunk)
-
-    def split(x):  # (L, ...) -> (chunks, chunk, ...), padded with zeros (no input, no output)
-      x = jnp.pad(x, [(0, chunks * chunk - length)] + [(0, 0)] * (x.ndim - 1))
-      return x.reshape(chunks, chunk, *x.shape[1:])
-
-    inner = CHUNK_INNER.get(platform, CHUNK_INNER_DEFAULT)
+  chunk = min(chunk or DEFAULT_CHUNK, length)
+  inner = CHUNK_INNER.get(platform, CHUNK_INNER_DEFAULT)
+  if forward == ScanBackend.CHUNKED:
+    split = lambda x: _split(x, chunk)
     y = _chunked(split(u_t), split(delta_t), A, split(B_t), split(C_t), D, delta_bias, inner)
-    y = y.reshape(chunks * chunk, *y.shape[2:])[:length]
+    return jnp.moveaxis(_unsplit(y, length), 0, 1)
+  if trained == ScanBackend.CHUNKED:
+    y = _fast_forward(u_t, delta_t, A, B_t, C_t, D, delta_bias, forward, inner, chunk)
     return jnp.moveaxis(y, 0, 1)
   delta_t = jax.nn.softplus(delta_t + delta_bias)
   h0 = jnp.zeros((A.shape[0], batch, *A.shape[1:]), dtype)
-  y = _OUTPUTS[backend](h0, delta_t, A, delta_t * u_t, B_t, C_t)[1]
+  y = _OUTPUTS[forward](h0, delta_t, A, delta_t * u_t, B_t, C_t)[1]
   return jnp.moveaxis(y, 0, 1) + D * u

@@ -10,7 +10,7 @@ import optax
 from flax import nnx
 from flax import struct
 
-from s4fusion_jax import losses
+from s4fusion_jax import functional
 
 
 @struct.dataclass
@@ -88,18 +88,16 @@ def make_train_step(graphdef, resnet_graphdef, tx, schedule, loss_config, microb
   running averages are carried in ``state.model_state``.
   """
 
-  def grads_and_metrics(params, model_state, batch, resnet):
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, model_state)
-      fused = model(batch["ir"], batch["vi"])
-      loss, terms = losses.objective(batch["ir"], batch["vi"], fused, loss_config, resnet)
-      return loss, (terms, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
+  network = functional.Network(graphdef, resnet_graphdef)
 
-    (loss, (terms, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return grads, {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()}}, model_state
+  def grads_and_metrics(params, model_state, batch, resnet):
+    loss_fn = lambda params: network.loss({"params": params, "state": model_state}, batch,
+                                          loss_config, resnet)
+    (loss, (terms, variables)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()}}, variables["state"]
 
   def train_step(state, batch, resnet_state):
-    resnet = nnx.merge(resnet_graphdef, resnet_state) if resnet_graphdef is not None else None
+    resnet = resnet_state if resnet_graphdef is not None else None
     if microbatches == 1:
       grads, metrics, model_state = grads_and_metrics(state.params, state.model_state, batch,
                                                       resnet)

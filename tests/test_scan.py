@@ -141,6 +141,25 @@ def test_chunked_vjp_matches_autodiff_float64(monkeypatch, inner, case):
   assert max(errors) < 1e-9, errors
 
 
+def test_auto_runs_the_fast_forward_and_the_chunked_gradient(monkeypatch):
+  """Where "auto" is one backend forward and the chunked scan under grad (CPU): its values
+  are the forward backend's and its gradients the chunked scan's, bit for bit, also with a
+  mask and a padded last chunk; and they differ from autodiff of the forward's loop."""
+  monkeypatch.setitem(scan.AUTO_BACKEND, (jax.default_backend(), False), "sequential")
+  monkeypatch.setitem(scan.AUTO_BACKEND, (jax.default_backend(), True), "chunked")
+  args = random_inputs(jax.random.key(11), 2, 45, 4, 8, 12)
+  mask = jnp.arange(45)[None, :, None, None] < jnp.array([45, 30])[:, None, None, None]
+  run = lambda b: jax.jit(lambda *a: scan.selective_scan(*a, backend=b, chunk=16, mask=mask))
+  grads = lambda b: jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(scan.selective_scan(
+      *a, backend=b, chunk=16, mask=mask))), argnums=tuple(range(7))))(*args)
+  np.testing.assert_array_equal(run("auto")(*args), run("sequential")(*args))
+  auto, chunked, sequential = grads("auto"), grads("chunked"), grads("sequential")
+  for a, c in zip(auto, chunked):
+    np.testing.assert_array_equal(a, c)
+  assert any(not np.array_equal(a, s) for a, s in zip(auto, sequential))
+  assert max(relative_errors(auto, sequential)) < 1e-4
+
+
 def test_chunked_vjp_matches_autodiff_float32():
   args = random_inputs(jax.random.key(7), 2, 2 * 45, 4, 16, 18)
   errors = relative_errors(all_gradients("chunked", args, 32), all_gradients("sequential", args))
