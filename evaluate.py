@@ -45,11 +45,11 @@ def main(argv):
   compiles = compile_cache.CompileLog()
   try:
     fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend, f.exact_sizes)
-    fused = []
+    fused = {"pairs": 0}
     kill_after = int(os.environ.get(KILL_AFTER, 0))
 
     def on_pair(count):
-      fused.append(count)
+      fused["pairs"] = count
       if count == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -58,7 +58,7 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(f"fused {len(fused)} pairs in this run (pairs an earlier run of the same model, "
+  print(f"fused {fused['pairs']} pairs in this run (pairs an earlier run of the same model, "
         "settings and data recorded in --out are kept)")
   print(compiles.summary())
   print(" ".join(f"{k}={v:.4f}" for k, v in mean.items()))

@@ -20,6 +20,7 @@ rectangle that fits. The CMSA model and the ``fusion_variants.MASKED`` ablations
 """
 
 import dataclasses
+import functools
 from typing import Optional, Tuple
 
 import jax
@@ -280,10 +281,17 @@ def create(config: ModelConfig, seed=0) -> S4Fusion:
   Built eagerly, the initialisers of the ~300 parameter arrays each compile their own small
   programs (about 15 s for the default model on a 2-core CPU); here construction is traced
   once and compiled as one program, which the persistent compilation cache keeps (the seed is
-  an argument: every seed shares it). Same random streams, so the same parameters up to XLA
-  fusing the initialisers' arithmetic differently (within a few float32 ulps).
+  an argument: every seed shares it; in one process, each config compiles once). Same random
+  streams, so the same parameters up to XLA fusing the initialisers' arithmetic differently
+  (within a few float32 ulps).
   """
-  return nnx.jit(lambda key: S4Fusion(config, rngs=nnx.Rngs(key)))(jax.random.key(seed))
+  return _constructor(config)(jax.random.key(seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _constructor(config: ModelConfig):
+  """The jitted constructor of ``config``'s models: one compile per config and process."""
+  return nnx.jit(lambda key: S4Fusion(config, rngs=nnx.Rngs(key)))
 
 
 def count_params(model: S4Fusion) -> int:

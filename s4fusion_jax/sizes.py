@@ -44,11 +44,8 @@ def pad_to_valid(images, kernel=4, stride=3, levels=3):
     The padded images and the crop box ``(top, left, H, W)`` that ``crop`` undoes.
   """
   _, height, width, _ = images.shape
-  rest_h = valid_length(height, kernel, stride, levels) - height
-  rest_w = valid_length(width, kernel, stride, levels) - width
-  top, left = rest_h // 2, rest_w // 2
-  padded = jnp.pad(images, ((0, 0), (top, rest_h - top), (left, rest_w - left), (0, 0)))
-  return padded, (top, left, height, width)
+  pads, _, box = placement(height, width, kernel, stride, levels, bucket=False)
+  return jnp.pad(images, ((0, 0), *pads, (0, 0))), box
 
 
 def crop(images, box):

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from s4fusion_jax import compile_cache
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("S4FUSION_SHARED", REPO.parent / "shared"))
 
@@ -70,8 +72,11 @@ CACHE = {"JAX_COMPILATION_CACHE_DIR": os.path.join(
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
-# Every entry point run by a test uses that cache too, not the user's (compile_cache).
+# Every entry point run by a test uses that cache too, not the user's (compile_cache), and so
+# do the tests' own processes: a program that one test, worker or subprocess compiled (the
+# tiny models' constructors and train steps, above all) is read by the next.
 os.environ["S4FUSION_COMPILE_CACHE"] = CACHE["JAX_COMPILATION_CACHE_DIR"]
+compile_cache.enable()
 
 
 def subprocess_env(extra=None):
@@ -83,12 +88,8 @@ def run(args, env=None, **kwargs):
                         env=subprocess_env(env), **kwargs)
 
 
-# The smoke config with one CMSA block per scale (its train step compiles in ~30% less time):
-# for the tests of resuming, multi-host and failures, which do not need it to learn.
-TRAIN_FLAGS = ["--config", "configs/smoke.py", "--config.model.fusion_blocks=1",
-               "--config.num_steps=12", "--config.crop_size=37", "--config.batch_size=4",
-               "--config.checkpoint_every=3", "--config.log_every=1", "--config.eval_every=0",
-               "--progress=false"]
+# tests/train_config.py: for the tests of resuming, multi-host and failures.
+TRAIN_FLAGS = ["--config", "tests/train_config.py", "--progress=false"]
 
 
 @pytest.fixture(scope="session")

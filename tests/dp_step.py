@@ -16,15 +16,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from configs import smoke
+import train_config
 from s4fusion_jax import train_step
 from s4fusion_jax import training
 
 
 def main(out):
-  config = smoke.get_config()
-  config.batch_size, config.crop_size = 8, 37  # one example per device
-  config.model.fusion_blocks = 1  # as conftest.TRAIN_FLAGS
+  config = train_config.get_config()
+  config.batch_size = 8  # one example per device
   mesh = training.make_mesh()
   training.check_batch(config.batch_size, mesh)
   tx, schedule = train_step.make_optimizer(config)

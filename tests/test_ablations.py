@@ -56,6 +56,10 @@ def test_bad_fusion_options_are_named():
     model_lib.ModelConfig(fusion="cross_attention", dims=(4, 8, 16))
 
 
+# Jitted: run eagerly, a fuse compiles each of its hundreds of operations on its own.
+fuse = nnx.jit(model_lib.fuse)
+
+
 def small_model(**changes):
   return model_lib.create(model_lib.ModelConfig(**SMALL, **changes), 3)
 
@@ -72,7 +76,7 @@ def test_patch_mark_off_removes_the_mark_and_nothing_else():
   assert extra and all(p[-1] == "mark_proj" for p in extra) and not set(unmarked_params) - set(
       marked_params)
   assert len(extra) == 3  # one block at each of three scales
-  before = model_lib.fuse(marked, x_ir, x_vi)
+  before = fuse(marked, x_ir, x_vi)
   # With every shared weight equal and the mark zeroed, the two models agree.
   nnx.update(unmarked, nnx.from_flat_state({k: marked_params[k] for k in unmarked_params}))
   for path in extra:
@@ -80,7 +84,7 @@ def test_patch_mark_off_removes_the_mark_and_nothing_else():
     for key in path[:-1]:
       block = block[key] if isinstance(key, int) else getattr(block, key)
     block.mark_proj[...] = jnp.zeros_like(block.mark_proj[...])
-  zeroed, without = model_lib.fuse(marked, x_ir, x_vi), model_lib.fuse(unmarked, x_ir, x_vi)
+  zeroed, without = fuse(marked, x_ir, x_vi), fuse(unmarked, x_ir, x_vi)
   np.testing.assert_allclose(without, zeroed, rtol=0, atol=1e-6)
   assert float(jnp.abs(before - zeroed).max()) > 1e-4  # the mark mattered (100x the tolerance)
 
@@ -198,8 +202,10 @@ def test_fssm_block_with_tied_weights_and_equal_inputs_is_ss2d():
 
 
 def small_config(variant):
+  """``variant``'s training config with SMALL's model at two scales (a merge, an expand and
+  a skip fusion: every kind of block) for the tests that train it."""
   config = ablations.get_config(variant)
-  config.model.update(SMALL)
+  config.model.update(SMALL, dims=(8, 16), depths=(1, 1), depths_decoder=(1, 1))
   config.loss.update(perceptual=False, weight_source="image_gradient")
   config.model.remat = False
   return config
@@ -231,8 +237,8 @@ def test_each_variant_trains_a_step_and_round_trips_a_checkpoint(variant, tmp_pa
   loaded = checkpoint.load_model(tmp_path / "ckpt")
   assert loaded.config == model.config
   assert loaded.config.fusion == config.model.fusion
-  np.testing.assert_array_equal(model_lib.fuse(loaded, batch["ir"], batch["vi"]),
-                                model_lib.fuse(model, batch["ir"], batch["vi"]))
+  np.testing.assert_array_equal(fuse(loaded, batch["ir"], batch["vi"]),
+                                fuse(model, batch["ir"], batch["vi"]))
 
 
 def test_export_to_the_reference_refuses_a_variant():

@@ -40,15 +40,18 @@ def test_default_config_builds_the_released_sizes():
 
 
 def test_create_initialises_as_the_constructor_does():
-  eager = nnx.state(model_lib.S4Fusion(TINY, rngs=nnx.Rngs(7)))
-  compiled = nnx.state(model_lib.create(TINY, 7))
+  # Two scales and one CMSA block: every kind of parameter, half of TINY's eager compiles.
+  config = dataclasses.replace(TINY, dims=(8, 16), depths=(1, 1), depths_decoder=(1, 1),
+                               fusion_blocks=1)
+  eager = nnx.state(model_lib.S4Fusion(config, rngs=nnx.Rngs(7)))
+  compiled = nnx.state(model_lib.create(config, 7))
   flat_eager, flat_compiled = (dict(nnx.to_flat_state(x)) for x in (eager, compiled))
   assert flat_eager.keys() == flat_compiled.keys()
   for path, value in flat_eager.items():
     ours, ref = np.asarray(flat_compiled[path].get_value()), np.asarray(value.get_value())
     assert ours.dtype == ref.dtype and ours.shape == ref.shape, path
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7, err_msg=str(path))
-  other = nnx.state(model_lib.create(TINY, 8), nnx.Param)
+  other = nnx.state(model_lib.create(config, 8), nnx.Param)
   assert not np.allclose(other["embed_ir"]["proj"]["kernel"][...],
                          compiled["embed_ir"]["proj"]["kernel"][...])
 

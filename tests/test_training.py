@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import train_config
 from conftest import REPO, TRAIN_FLAGS, run, subprocess_env
 from configs import smoke
 from s4fusion_jax import checkpoint
@@ -37,12 +38,11 @@ def test_eight_devices_match_one(tmp_path):
   assert len(names) > 50
   for name in names:
     np.testing.assert_allclose(eight[name], one[name], rtol=0, atol=1e-5, err_msg=name)
-  assert not np.array_equal(one[names[0]], smoke_initial_params()[names[0]])  # it trained
+  assert not np.array_equal(one[names[0]], initial_params()[names[0]])  # it trained
 
 
-def smoke_initial_params():
-  config = smoke.get_config()
-  config.model.fusion_blocks = 1  # as dp_step.py
+def initial_params():
+  config = train_config.get_config()  # as dp_step.py
   tx, _ = train_step.make_optimizer(config)
   _, state = training.create_train_state(config, tx)
   return {"/".join(map(str, k)): np.asarray(v)
@@ -119,8 +119,7 @@ def test_batch_must_split_over_devices_and_micro_batches():
 
 
 def test_micro_batches_give_the_whole_batch_gradient():
-  config = smoke.get_config()
-  config.model.fusion_blocks = 1
+  config = train_config.get_config()
   tx, schedule = train_step.make_optimizer(config)
   graphdef, state = training.create_train_state(config, tx)
   rng = np.random.default_rng(0)
