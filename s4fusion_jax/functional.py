@@ -22,11 +22,14 @@ custom-VJP scan under ``jax.grad`` (``scan.selective_scan``).
 import dataclasses
 from typing import Optional
 
+import jax
 from flax import nnx
 
+from s4fusion_jax import directions
 from s4fusion_jax import losses
 from s4fusion_jax import model as model_lib
 from s4fusion_jax import reference
+from s4fusion_jax import scan
 
 
 def _pure(state):
@@ -81,6 +84,30 @@ class Network:
     """Every intermediate of one forward pass, as ``S4Fusion.stages`` names them."""
     return self.module(variables).stages(ir, vi, valid)
 
+  def intermediates(self, variables, ir, vi, valid=None):
+    """One forward pass (eval mode) and what it computed on the way.
+
+    Returns:
+      ``(stages, scans)``: ``stages`` as ``S4Fusion.stages`` names them (every stage's
+      channels-last feature map, and ``output``); ``scans``, for every selective scan, by the
+      path of its module joined with "/" (``"fusion/0/blocks/0/ssm"`` is the first CMSA block
+      of the finest scale, ``"encoder_ir/1/blocks/0/mixer/ssm"`` an SS2D), the sequences it
+      scanned: ``delta`` (Delta = dt_low dt_proj, before the bias and the softplus;
+      (batch, L, 4, D)), ``B`` and ``C`` ((batch, L, 4, N)); in a CMSA block L is 2 H W, the
+      modalities interleaved, infrared first (``cross_scan_terms`` splits them). Outside a
+      size bucket's valid rectangle the values are meaningless (the scan skips them).
+    """
+    model = self.module(variables)
+    for _, module in nnx.iter_modules(model):
+      if getattr(module, "remat", False):
+        module.remat = False  # nnx.capture does not see inside nnx.remat; the values are equal
+    stages, captured = nnx.capture(lambda m: m.stages(ir, vi, valid), nnx.Intermediate)(model)
+    scans = {}
+    for path, value in nnx.to_flat_state(captured):
+      *module_path, name = path
+      (scans.setdefault("/".join(map(str, module_path)), {}))[name] = value.get_value()[0]
+    return stages, scans
+
   def loss(self, variables, batch, loss_config, resnet_variables=None):
     """The training objective of one batch, in train mode.
 
@@ -115,6 +142,35 @@ class Network:
   def to_reference(self, variables) -> dict:
     """The reference's ``MambaNet`` state dict (names -> numpy arrays) of ``variables``."""
     return reference.to_torch_state_dict(self.module(variables))
+
+
+def cross_scan_terms(variables, scans):
+  """Per CMSA block, the step size Delta in its three forms and B, C, split by modality.
+
+  Args:
+    variables: the model's ``{"params", "state"}``.
+    scans: the second result of ``Network.intermediates``.
+
+  Returns:
+    ``{"fusion_<s>/block_<k>": {form: {"ir": ..., "vi": ...}}}`` for scale s (0: finest) and
+    block k, with the forms ``delta_proj`` (dt_low dt_proj, the projection), ``delta_biased``
+    (plus dt_bias) and ``delta`` (softplus of that, the step that multiplies A and B in the
+    scan), each (batch, L, 4, D) with L = H W per modality, and ``B``, ``C`` (batch, L, 4, N).
+  """
+  terms = {}
+  for path, scan_terms in scans.items():
+    parts = path.split("/")
+    if len(parts) != 5 or parts[0] != "fusion" or parts[2] != "blocks" or parts[4] != "ssm":
+      continue  # an SS2D, or an ablation's scans
+    params = variables["params"]["fusion"][int(parts[1])]["blocks"][int(parts[3])]["ssm"]
+    proj = scan_terms["delta"].astype(scan.state_dtype(scan_terms["delta"].dtype))
+    biased = proj + params["dt_bias"].astype(proj.dtype)
+    forms = {"delta_proj": proj, "delta_biased": biased, "delta": jax.nn.softplus(biased),
+             "B": scan_terms["B"], "C": scan_terms["C"]}
+    terms[f"fusion_{parts[1]}/block_{parts[3]}"] = {
+        form: dict(zip(("ir", "vi"), directions.deinterleave(value)))
+        for form, value in forms.items()}
+  return terms
 
 
 def from_model(model: model_lib.S4Fusion):

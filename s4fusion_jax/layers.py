@@ -71,6 +71,14 @@ def layer_norm(num_features, *, rngs, dtype=None, param_dtype=jnp.float32):
                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
+def record(module, name, value):
+  """Keeps ``value`` as the ``nnx.Intermediate`` ``name`` of ``module`` when the forward pass
+  runs under ``nnx.capture`` (``functional.Network.intermediates``); otherwise does nothing
+  (flax's ``sow`` outside a capture would store it on the module itself)."""
+  if getattr(module, "__captures__", None) is not None:
+    module.sow(nnx.Intermediate, name, value)
+
+
 def call(module, *args, remat=False):
   """``module(*args)``; with ``remat``, its activations are recomputed in the backward pass."""
   if not remat:

@@ -82,9 +82,13 @@ class DirectionalSSM(nnx.Module):
   def __call__(self, u, dt_low, B, C, mask=None):
     """u (batch, L, G, D), dt_low (batch, L, G, dt_rank), B, C (batch, L, G, N) -> y like u.
 
-    ``mask``: None or (batch, L, G, 1) booleans, the steps to scan.
+    ``mask``: None or (batch, L, G, 1) booleans, the steps to scan. Under ``nnx.capture``
+    the step sizes Delta = dt_low dt_proj (before the bias and softplus), B and C are kept
+    as the intermediates ``delta``, ``B`` and ``C``.
     """
     delta = jnp.einsum("blgr,grd->blgd", dt_low, self.dt_proj[...].astype(dt_low.dtype))
+    for name, value in (("delta", delta), ("B", B), ("C", C)):
+      layers.record(self, name, value)
     A = -jnp.exp(self.A_log[...])
     return scan.selective_scan(u, delta, A, B, C, self.D[...], self.dt_bias[...],
                                backend=self.backend, chunk=self.chunk, platform=self.platform,

@@ -140,3 +140,74 @@ def test_loss_and_train_mode_over_pytrees():
   perceptual.perceptual = True
   with pytest.raises(ValueError, match="needs a ResNet50"):
     net.loss(variables, batch, perceptual)
+
+
+def test_intermediates_come_from_the_forward_pass():
+  net, variables = functional.from_config(SMALL, seed=4)
+  ir, vi = (jax.random.uniform(jax.random.key(i), (2, 25, 37, 1)) for i in (5, 6))
+  stages, scans = jax.jit(net.intermediates)(variables, ir, vi)
+  np.testing.assert_array_equal(stages["output"], jax.jit(net.apply)(variables, ir, vi))
+  ss2d = 2 * sum(SMALL.depths) + sum(SMALL.depths_decoder)
+  assert len(scans) == ss2d + SMALL.levels * SMALL.fusion_blocks
+  terms = functional.cross_scan_terms(variables, scans)
+  assert sorted(terms) == ["fusion_0/block_0", "fusion_1/block_0"]
+  length = 8 * 12  # the finest grid of 25 x 37: (25 - 4) / 3 + 1 by (37 - 4) / 3 + 1
+  assert scans["fusion/0/blocks/0/ssm"]["delta"].shape == (2, 2 * length, 4, 12)
+  assert terms["fusion_0/block_0"]["delta"]["vi"].shape == (2, length, 4, 12)
+  # Outside a capture the model keeps nothing (flax's sow would store the values on it).
+  model = net.module(variables)
+  nnx.jit(lambda m, a, b: m(a, b))(model, ir, vi)
+  assert not jax.tree.leaves(nnx.state(model, nnx.Intermediate))
+
+
+def numpy_directions(x):
+  """(batch, H, W, C) -> (batch, H W, 4, C): row-major, column-major, and both reversed."""
+  batch, height, width, channels = x.shape
+  rows = x.reshape(batch, height * width, channels)
+  cols = x.transpose(0, 2, 1, 3).reshape(batch, height * width, channels)
+  return np.stack([rows, cols, rows[:, ::-1], cols[:, ::-1]], axis=2)
+
+
+def numpy_scan_input(block, x):
+  """The four paths of SiLU(DWConv(in_proj(x)_u)) of one modality's map x (batch, H, W, C)
+  in a CMSA block, from the block's parameters (pure dicts), in float64 NumPy."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), block)
+  u = (x @ p["in_proj"]["kernel"])[..., :p["conv"]["kernel"].shape[-1]]
+  padded = np.pad(u, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  height, width = x.shape[1:3]
+  conv = sum(padded[:, i:i + height, j:j + width] * p["conv"]["kernel"][i, j, 0]
+             for i in range(3) for j in range(3)) + p["conv"]["bias"]
+  return numpy_directions(conv / (1 + np.exp(-conv)))  # SiLU
+
+
+def test_captured_cross_scan_terms_are_the_blocks_own(paper_golden):
+  """The first CMSA block of the golden 61x73 model: Delta in its three forms, B and C of
+  each modality equal a NumPy recomputation from the block's parameters and its inputs (the
+  patch embeddings, from the fixture), not from the captured values."""
+  with jax.enable_x64(True):
+    net, variables = functional.from_reference(reference_state_dict(paper_golden),
+                                               dtype=jnp.float64)
+    ir, vi = golden_inputs(paper_golden, jnp.float64)
+    stages, scans = jax.jit(net.intermediates)(variables, ir, vi)
+    stages, terms = jax.tree.map(np.asarray, (
+        stages, functional.cross_scan_terms(variables, scans)["fusion_0/block_0"]))
+  block = variables["params"]["fusion"][0]["blocks"][0]
+  ssm = jax.tree.map(lambda a: np.asarray(a, np.float64), block["ssm"])
+  rank = ssm["dt_proj"].shape[1]
+  state = terms["B"]["ir"].shape[-1]
+  for modality in ("ir", "vi"):
+    x = paper_golden[f"float64/patch_embed_{modality}"]
+    np.testing.assert_allclose(stages[f"patch_embed_{modality}"], x, rtol=1e-9, atol=1e-12)
+    xs = numpy_scan_input(block, x)
+    dbc = np.einsum("blgd,gdc->blgc", xs, np.asarray(block[f"x_proj_{modality}"], np.float64))
+    proj = np.einsum("blgr,grd->blgd", dbc[..., :rank], ssm["dt_proj"])
+    expected = {"delta_proj": proj, "delta_biased": proj + ssm["dt_bias"],
+                "delta": np.log1p(np.exp(proj + ssm["dt_bias"])),
+                "B": dbc[..., rank:rank + state], "C": dbc[..., rank + state:]}
+    for form, value in expected.items():
+      ours = terms[form][modality]
+      assert ours.shape == value.shape, (form, ours.shape, value.shape)
+      assert rel_err(ours, value) <= 1e-10, (modality, form, rel_err(ours, value))
+  # The paper's Table 5 quantity is the softplus form: positive, and distinct per modality.
+  assert terms["delta"]["ir"].min() > 0
+  assert not np.allclose(terms["delta"]["ir"], terms["delta"]["vi"])
