@@ -22,7 +22,7 @@ from s4fusion_jax import training
 
 
 def main(out):
-  config = train_config.get_config()
+  config = train_config.two_scales(train_config.get_config())
   config.batch_size = 8  # one example per device
   mesh = training.make_mesh()
   training.check_batch(config.batch_size, mesh)

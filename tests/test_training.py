@@ -42,7 +42,7 @@ def test_eight_devices_match_one(tmp_path):
 
 
 def initial_params():
-  config = train_config.get_config()  # as dp_step.py
+  config = train_config.two_scales(train_config.get_config())  # as dp_step.py
   tx, _ = train_step.make_optimizer(config)
   _, state = training.create_train_state(config, tx)
   return {"/".join(map(str, k)): np.asarray(v)
@@ -119,7 +119,7 @@ def test_batch_must_split_over_devices_and_micro_batches():
 
 
 def test_micro_batches_give_the_whole_batch_gradient():
-  config = train_config.get_config()
+  config = train_config.two_scales(train_config.get_config())
   tx, schedule = train_step.make_optimizer(config)
   graphdef, state = training.create_train_state(config, tx)
   rng = np.random.default_rng(0)
