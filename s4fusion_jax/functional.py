@@ -8,8 +8,8 @@
 ``variables`` is ``{"params": ..., "state": ...}``, nested dicts of arrays (NNX pure dicts):
 the ``nnx.Param`` values, and every other variable (the "cnn" ablation's BatchNorm running
 statistics; ``{}`` for S4Fusion itself). A ``Network`` holds only the static structure (the
-NNX graph definition and the ``ModelConfig``), so its methods compose with ``jax.jit``,
-``jax.vmap`` and ``jax.grad`` and no NNX object reaches the caller. Each call rebuilds the
+NNX graph definition; ``net.module(variables).config`` is the ``ModelConfig``), so its methods
+compose with ``jax.jit``, ``jax.vmap`` and ``jax.grad`` and no NNX object reaches the caller. Each call rebuilds the
 modules around the given arrays (``nnx.merge``) and runs their forward pass: the numbers are
 the model's, not a second implementation's.
 
