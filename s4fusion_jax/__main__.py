@@ -14,6 +14,10 @@
     figure                     IR | VI | several methods' fused images (--fused LABEL=DIR),
                                a row per pair (--names), as one PNG
     plot WORKDIR               draw a training run's logged curves to WORKDIR/curves.png
+                               (or a kept log: plot LOG.jsonl -> LOG.png)
+    delta-stats --data DIR     the paper's Table 5 for a model (--checkpoint, default the
+                               bundled one) on a folder of pairs: the mean step size Delta
+                               of each modality per CMSA layer (--out: md, csv, json, png)
     ablate                     train the paper's ablation variants (configs/ablations.py) alike
                                on --train, evaluate each on --test, write one table and chart
     fuse                       fuse one pair (--ir --vi --out) or two folders (--ir --vi
@@ -87,8 +91,18 @@ def _fuse(args):
 
 
 def _plot(args):
-  from s4fusion_jax import plotting  # pylint: disable=import-outside-toplevel
-  print(plotting.plot(args.workdir, args.out))
+  from s4fusion_jax import charts  # pylint: disable=import-outside-toplevel
+  print(charts.plot(args.workdir, args.out))
+
+
+def _delta_stats(args):
+  from s4fusion_jax import delta_stats, functional, inference  # pylint: disable=import-outside-toplevel
+  net, variables = functional.from_checkpoint(args.checkpoint or inference.BUNDLED_MODEL)
+  path = delta_stats.write(delta_stats.compute(net, variables, args.data, args.progress),
+                           args.out)
+  with open(path) as f:
+    print(f.read())
+  print(f"table, csv, json and chart in {args.out}")
 
 
 def _demo(args):
@@ -143,7 +157,8 @@ def _ablate(args):
 
 
 # The commands that compile XLA programs, and so use the persistent compilation cache.
-COMPILING = (_convert_reference, _export_reference, _convert_resnet, _fuse, _demo, _ablate)
+COMPILING = (_convert_reference, _export_reference, _convert_resnet, _fuse, _demo, _ablate,
+             _delta_stats)
 
 
 def main(argv=None):
@@ -189,9 +204,16 @@ def main(argv=None):
   fuse.add_argument("--exact_sizes", action="store_true", help=EXACT_SIZES_HELP)
   fuse.set_defaults(run=_fuse)
   plot = commands.add_parser("plot", help="draw a training run's curves to a PNG")
-  plot.add_argument("workdir")
-  plot.add_argument("--out", help="the PNG (default WORKDIR/curves.png)")
+  plot.add_argument("workdir", help="a training run's workdir, or a metrics .jsonl file")
+  plot.add_argument("--out", help="the PNG (default WORKDIR/curves.png, or LOG.png for LOG.jsonl)")
   plot.set_defaults(run=_plot)
+  stats = commands.add_parser("delta-stats", help="the paper's Table 5: mean Delta per "
+                              "modality and CMSA layer")
+  stats.add_argument("--data", required=True, help="the pairs: a folder with ir/ and vi/")
+  stats.add_argument("--checkpoint", help="S4Fusion checkpoint dir (default: the bundled model)")
+  stats.add_argument("--out", default="out/delta_stats", help="folder for the table and chart")
+  stats.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+  stats.set_defaults(run=_delta_stats)
   demo = commands.add_parser("demo", help="the bundled model and the baselines on TNO")
   demo.add_argument("--out", default="out/demo")
   demo.add_argument("--data", help="a folder with ir/ and vi/ (default: TNO)")

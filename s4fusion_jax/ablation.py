@@ -14,11 +14,11 @@ import json
 import os
 
 from s4fusion_jax import atomic_files
+from s4fusion_jax import charts
 from s4fusion_jax import checkpoint
 from s4fusion_jax import evaluation
 from s4fusion_jax import inference
 from s4fusion_jax import model as model_lib
-from s4fusion_jax import plotting
 from s4fusion_jax import training
 
 TABLE_METRICS = ("MI", "AG", "VIF", "Qabf", "SSIM", "SF")  # the paper's Table 3 columns
@@ -67,10 +67,6 @@ def train_seconds(run_dir, batch_size):
   return total
 
 
-def _write_text(path, text):
-  atomic_files.write(path, lambda f: f.write(text.encode()))
-
-
 def run_variant(name, config, test_dir, workdir, progress=True):
   """Trains (or resumes) one variant, evaluates it on ``test_dir``; returns its result dict."""
   run_dir = os.path.join(workdir, name)
@@ -86,7 +82,7 @@ def run_variant(name, config, test_dir, workdir, progress=True):
   result = {"variant": name, "params": model_lib.count_params(model), "steps": config.num_steps,
             "train_seconds": train_seconds(run_dir, config.batch_size),
             **{k: mean[k] for k in TABLE_METRICS}}
-  _write_text(result_path, json.dumps(result, indent=1))
+  atomic_files.write_text(result_path, json.dumps(result, indent=1))
   return result
 
 
@@ -140,8 +136,9 @@ def run(configs, test_dir, workdir, *, with_perceptual, progress=True):
   if same in notes:
     results = {n: results[twin] if n == same else results[n] for n in names}
   md, csv_text = tables(results, notes)
-  _write_text(os.path.join(workdir, "ablation.md"), md)
-  _write_text(os.path.join(workdir, "ablation.csv"), csv_text)
-  plotting.bar_chart({n: {k: r[k] for k in TABLE_METRICS} for n, r in results.items()},
-                     os.path.join(workdir, "ablation.png"))
+  atomic_files.write_text(os.path.join(workdir, "ablation.md"), md)
+  atomic_files.write_text(os.path.join(workdir, "ablation.csv"), csv_text)
+  charts.save(charts.bars_figure({n: {k: r[k] for k in TABLE_METRICS} for n, r in results.items()},
+                                 "ablation variants on the test pairs"),
+              os.path.join(workdir, "ablation.png"))
   return md

@@ -26,3 +26,8 @@ def write(path, write_to, suffix=""):
   except BaseException:
     os.unlink(tmp)
     raise
+
+
+def write_text(path, text):
+  """Writes the string ``text`` (UTF-8) to ``path`` atomically."""
+  write(path, lambda f: f.write(text.encode()))

@@ -24,10 +24,11 @@ import os
 import numpy as np
 from PIL import Image
 
+from s4fusion_jax import atomic_files
 from s4fusion_jax import datasets
 from s4fusion_jax import image_files
+from s4fusion_jax import image_grid
 from s4fusion_jax import metrics
-from s4fusion_jax import plotting
 from s4fusion_jax import published
 from s4fusion_jax import samples
 
@@ -46,13 +47,6 @@ def pairs(data, split="test"):
   good, _ = datasets.collect_pairs(data)
   for pair in good:
     yield pair.name, image_files.read_ir(pair.ir_path), image_files.read_vi(pair.vi_path)
-
-
-def _write_text(path, text):
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def tables(per_image):
@@ -112,7 +106,7 @@ def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True, on
   fused_path = lambda name: os.path.join(out, "fused", os.path.splitext(name)[0] + ".png")
   done = {name: m for name, m in _resume(record, identity).items()
           if os.path.isfile(fused_path(name))}
-  _write_text(record, "".join(json.dumps(x) + "\n" for x in [{"run": identity}] + [
+  atomic_files.write_text(record, "".join(json.dumps(x) + "\n" for x in [{"run": identity}] + [
       {"name": name, "metrics": m} for name, m in done.items()]))
   if progress:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -139,13 +133,13 @@ def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True, on
       if len(rows) < num_samples:
         rows.append([ir, vi, fused])
   csv_text, md, mean = tables(per_image)
-  _write_text(os.path.join(out, "metrics.csv"), csv_text)
-  _write_text(os.path.join(out, "metrics.json"),
+  atomic_files.write_text(os.path.join(out, "metrics.csv"), csv_text)
+  atomic_files.write_text(os.path.join(out, "metrics.json"),
               json.dumps({"mean": mean, "per_image": per_image}, indent=1))
-  _write_text(os.path.join(out, "metrics.md"), md)
+  atomic_files.write_text(os.path.join(out, "metrics.md"), md)
   if rows:
     image_files.write_png(os.path.join(out, "samples.png"),
-                          plotting.image_rows(rows, SAMPLE_HEIGHT))
+                          image_grid.image_rows(rows, SAMPLE_HEIGHT))
   return mean
 
 
@@ -193,7 +187,7 @@ def figure(data, fused_dirs, names, out, height=SAMPLE_HEIGHT):
         raise FileNotFoundError(f"no fused image of {name} for {label!r}: {path}")
       row.append(np.asarray(Image.open(path).convert("RGB")))
     rows.append(row)
-  image_files.write_png(out, plotting.image_rows(rows, height, ["infrared", "visible",
+  image_files.write_png(out, image_grid.image_rows(rows, height, ["infrared", "visible",
                                                                 *fused_dirs]))
   return out
 
@@ -251,5 +245,5 @@ def demo(out, data=None, checkpoint_dir=None, progress=True, exact_sizes=False):
                                 progress=progress) for method in inference.METHODS}
   text = report(ours, baselines, os.path.abspath(data), len(infrared),
                 published.is_tno_set(infrared))
-  _write_text(os.path.join(out, "comparison.md"), text)
+  atomic_files.write_text(os.path.join(out, "comparison.md"), text)
   return text

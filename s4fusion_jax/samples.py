@@ -22,10 +22,10 @@ from s4fusion_jax import cluster
 from s4fusion_jax import color
 from s4fusion_jax import datasets
 from s4fusion_jax import image_files
+from s4fusion_jax import image_grid
 from s4fusion_jax import inference
 from s4fusion_jax import metrics
 from s4fusion_jax import model as model_lib
-from s4fusion_jax import plotting
 from s4fusion_jax import published
 
 PAPER_METRICS = ("MI", "SF", "AG", "SSIM", "VIF", "Qabf")
@@ -62,19 +62,23 @@ class Validation:
     self.best = json.load(open(best_path)) if os.path.exists(best_path) else None
 
   def run(self, model, step):
-    """Fuses, writes the grid, measures; returns {"val/<metric>": mean}."""
+    """Fuses, writes the grid, measures.
+
+    Returns:
+      ({"val/<metric>": mean}, the grid: uint8 (H, W, 3) on process 0, None on the others).
+    """
     fused = inference.to_uint8(self.fuse(model, jnp.asarray(self.ir / np.float32(255)),
                                jnp.asarray(self.vi)))
     vi_y = inference.to_uint8(self.vi)
+    grid = None
     if self.writer:
-      image_files.write_png(os.path.join(self.workdir, "samples", f"step_{step:06d}.png"),
-                            plotting.image_rows(list(zip(self.ir, self.vi_rgb, fused)),
-                                                self.config.eval_size))
+      grid = image_grid.image_rows(list(zip(self.ir, self.vi_rgb, fused)), self.config.eval_size)
+      image_files.write_png(os.path.join(self.workdir, "samples", f"step_{step:06d}.png"), grid)
     scores = [metrics.compute(f[..., 0], a[..., 0], b[..., 0])
               for f, a, b in zip(fused, self.ir, vi_y)]
     record = {f"val/{k}": float(np.mean([s[k] for s in scores])) for k in VALIDATION_METRICS}
     self._keep_best(model, step, record[f"val/{self.config.best_metric}"])
-    return record
+    return record, grid
 
   def _keep_best(self, model, step, value):
     if self.best is not None and value <= self.best["value"]:

@@ -12,7 +12,6 @@ The step is one pure function ``(state, batch, resnet_state) -> (state, metrics)
 """
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -30,6 +29,7 @@ from s4fusion_jax import datasets
 from s4fusion_jax import input_pipeline
 from s4fusion_jax import losses
 from s4fusion_jax import model as model_lib
+from s4fusion_jax import run_log
 from s4fusion_jax import samples
 from s4fusion_jax import scan
 from s4fusion_jax import train_step
@@ -163,41 +163,6 @@ def _fetch_checked(pending):
   return fetched
 
 
-class _JsonLog:
-  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 alone writes)."""
-
-  def __init__(self, workdir):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.writer = jax.process_index() == 0
-
-  def write(self, record):
-    if not self.writer:
-      return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-
-  def drop_after(self, step):
-    """Forgets the records of steps after ``step``, which a resumed run logs again.
-
-    A line cut short by a kill is dropped too. The file is replaced atomically.
-    """
-    if not self.writer or not os.path.exists(self.path):
-      return
-    kept = []
-    with open(self.path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if record["step"] <= step:
-          kept.append(line)
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
-
-
 def train_and_evaluate(config, workdir, init_from=None, progress=True):
   """Trains under ``config`` in ``workdir``, resuming from its latest checkpoint if any.
 
@@ -238,8 +203,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
                                                config.loss, config.microbatches),
                     in_shardings=(replicated, sharded, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
-  log = _JsonLog(workdir)
-  log.drop_after(int(state.step))
+  log = run_log.RunLog(workdir, int(state.step))
   validation = samples.Validation(config, workdir) if config.eval_every else None
 
   start_step = int(state.step)
@@ -277,13 +241,14 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
     if log_now:
       log.write({"step": done, **metrics})
     if eval_now:
-      record = validation.run(train_step.model_of(graphdef, state), done)
-      log.write({"step": done, **record})
+      record, grid = validation.run(train_step.model_of(graphdef, state), done)
+      log.write({"step": done, **record}, image=grid)
       cluster.barrier("validated")
     if save_now:
       _save(manager, graphdef, state, data_iterator, model_config)
     tick = time.perf_counter()  # images/s counts training steps only
   if bar is not None:
     bar.close()
+  log.close()
   manager.close()
   return graphdef, state

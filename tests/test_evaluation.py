@@ -20,10 +20,10 @@ from s4fusion_jax import checkpoint
 from s4fusion_jax import color
 from s4fusion_jax import evaluation
 from s4fusion_jax import image_files
+from s4fusion_jax import image_grid
 from s4fusion_jax import inference
 from s4fusion_jax import metrics
 from s4fusion_jax import model as model_lib
-from s4fusion_jax import plotting
 from s4fusion_jax import published
 from s4fusion_jax import samples
 
@@ -265,7 +265,7 @@ def test_sample_rows_of_different_widths_leave_no_bands():
   rng = np.random.default_rng(0)
   wide = rng.integers(1, 256, (30, 90, 1), np.uint8)
   tall = rng.integers(1, 256, (60, 40, 3), np.uint8)
-  image = plotting.image_rows([[wide, wide], [tall, tall, tall]], height=20, header=["a", "b"])
+  image = image_grid.image_rows([[wide, wide], [tall, tall, tall]], height=20, header=["a", "b"])
   assert image.shape == (18 + 20 + round(20 * 120 / 39), 120, 3)  # rows 120 and 3 x 13 wide
   body = image[18:]
   assert body.min(axis=(1, 2)).max() > 0 and (body.reshape(-1, 3).max(1) > 0).all()
@@ -301,18 +301,6 @@ def test_figure_command_draws_a_row_per_pair(tmp_path, capsys):
   assert "pairs ['nope.png'] are not in" in err and "--fused takes LABEL=FOLDER" in err
   assert f"no fused image of {names[1]} for 'old'" in err
   assert not (tmp_path / "other.png").exists()
-
-
-def test_plot_draws_every_series(tmp_path):
-  with open(tmp_path / "metrics.jsonl", "w") as f:
-    for step in range(1, 6):
-      f.write(json.dumps({"step": step, "loss": 1.0 / step, "lr": 0.1}) + "\n")
-    f.write(json.dumps({"step": 5, "val/Qabf": 0.3}) + "\n")
-  path = plotting.plot(str(tmp_path))
-  width, height = Image.open(path).size
-  assert width == 3 * plotting.PANEL_W and height == plotting.PANEL_H  # 3 series, one row
-  with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
-    plotting.plot(str(tmp_path / "nowhere"))
 
 
 def test_validation_uses_the_first_pairs_by_name(tmp_path):

@@ -14,11 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 import train_config
 from conftest import REPO, TRAIN_FLAGS, run, subprocess_env
 from configs import smoke
 from s4fusion_jax import checkpoint
+from s4fusion_jax import run_log
 from s4fusion_jax import train_step
 from s4fusion_jax import training
 
@@ -54,6 +56,35 @@ def final_params(workdir, step):
   return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
+def tensorboard_events(workdir):
+  """(scalars {tag: [(step, value)]}, images {tag: [(step, (height, width))]}) of a run's
+  events, as TensorBoard's own reader (EventAccumulator, purging orphaned data) reads them."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  reader = event_accumulator.EventAccumulator(
+      str(workdir / "tensorboard"), size_guidance={event_accumulator.SCALARS: 0,
+                                                   event_accumulator.IMAGES: 0})
+  reader.Reload()
+  scalars = {tag: [(e.step, e.value) for e in reader.Scalars(tag)]
+             for tag in reader.Tags()["scalars"]}
+  images = {tag: [(e.step, (e.height, e.width)) for e in reader.Images(tag)]
+            for tag in reader.Tags()["images"]}
+  return scalars, images
+
+
+def assert_events_hold_the_log(workdir):
+  """Every scalar of metrics.jsonl is in the TensorBoard events at the same steps, once."""
+  logged = {}
+  for record in map(json.loads, open(workdir / "metrics.jsonl")):
+    for name, value in record.items():
+      if name != "step":
+        logged.setdefault(name, []).append((record["step"], np.float32(value)))
+  scalars, images = tensorboard_events(workdir)
+  assert sorted(scalars) == sorted(logged)
+  for name, points in logged.items():
+    assert [(step, np.float32(value)) for step, value in scalars[name]] == points, name
+  return images
+
+
 def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path, smoke_run):
   killed = tmp_path / "killed"
   proc = subprocess.Popen([sys.executable, "train.py", f"--workdir={killed}", *TRAIN_FLAGS],
@@ -75,6 +106,12 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path, smoke_run):
   losses = lambda workdir: [(r["step"], r["loss"]) for r in map(json.loads, open(
       workdir / "metrics.jsonl"))]
   assert losses(killed) == losses(smoke_run)
+  # And TensorBoard's reader sees each logged step once, with metrics.jsonl's values, in the
+  # run that was killed (two event files, the second purging past step 6) as in the other.
+  assert len(os.listdir(killed / "tensorboard")) == 2
+  for workdir in (killed, smoke_run):
+    assert_events_hold_the_log(workdir)
+  assert tensorboard_events(killed)[0]["loss"] == tensorboard_events(smoke_run)[0]["loss"]
 
 
 def test_smoke_config_lowers_the_loss(tmp_path):
@@ -89,6 +126,9 @@ def test_smoke_config_lowers_the_loss(tmp_path):
   assert all(math.isfinite(r["grad_norm"]) and r["images_per_s"] > 0 for r in records if "loss" in r)
   assert any("val/Qabf" in r for r in records)
   assert (tmp_path / "samples" / "step_000040.png").exists()
+  images = assert_events_hold_the_log(tmp_path)  # val/* and the training scalars
+  height, width = Image.open(tmp_path / "samples" / "step_000040.png").size[::-1]
+  assert images == {"val/samples": [(40, (height, width))]}
   best = json.load(open(tmp_path / "best.json"))
   assert best["step"] == 40 and os.path.isdir(best["path"])
 
@@ -163,7 +203,7 @@ def test_init_from_a_converted_reference_checkpoint(tmp_path, tiny_golden):
 
 
 def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
-  log = training._JsonLog(tmp_path)  # pylint: disable=protected-access
+  log = run_log.JsonLog(tmp_path)
   for step in (1, 2, 3, 4):
     log.write({"step": step, "loss": float(step)})
   with open(log.path, "a") as f:

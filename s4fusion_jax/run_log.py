@@ -1,0 +1,103 @@
+"""What a training run records as it goes: WORKDIR/metrics.jsonl and TensorBoard events.
+
+    tensorboard --logdir WORKDIR/tensorboard
+
+Both get the same records at the same steps: every logged scalar (the loss and its terms,
+the learning rate, the gradient, parameter and update norms, images/s) and the validation
+metrics (``val/<metric>``); TensorBoard also gets the validation sample grid as an image
+(``val/samples``). Process 0 alone writes; the events are flushed at every logged step.
+
+Resuming from step s: the records after s (written before a kill, and logged again by the
+resumed run) are dropped from metrics.jsonl, and the new event file starts with TensorBoard's
+purge marker at s + 1 (a ``SessionLog.START``, what TensorFlow's and tensorboardX's
+writers mark a restart with), so TensorBoard's reader drops the killed run's events after s:
+no step appears twice. The events are written with tensorboardX (no TensorFlow needed).
+"""
+
+import json
+import os
+import time
+
+import jax
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+class JsonLog:
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl."""
+
+  def __init__(self, workdir):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def write(self, record):
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def drop_after(self, step):
+    """Forgets the records of steps after ``step``, which a resumed run logs again.
+
+    A line cut short by a kill is dropped too. The file is replaced atomically.
+    """
+    if not os.path.exists(self.path):
+      return
+    kept = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if record["step"] <= step:
+          kept.append(line)
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+
+class RunLog:
+  """metrics.jsonl and TensorBoard events of a run that starts (or resumes) at ``step``.
+
+  The events are written synchronously (tensorboardX's ``EventsWriter``, not its
+  ``SummaryWriter``, whose flush leaves queued events to a background thread): after
+  ``write`` returns, the step is on disk.
+  """
+
+  def __init__(self, workdir, step):
+    self.writer = jax.process_index() == 0
+    self.json = JsonLog(workdir)
+    self.events = None
+    if not self.writer:
+      return
+    self.json.drop_after(step)
+    # Imported here: only process 0 of a training run needs them.
+    from tensorboardX import event_file_writer  # pylint: disable=import-outside-toplevel
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    folder = os.path.join(workdir, TENSORBOARD_DIR)
+    os.makedirs(folder, exist_ok=True)
+    self.events = event_file_writer.EventsWriter(os.path.join(folder, "events"),
+                                                 filename_suffix=f".{os.getpid()}")
+    self.events.write_event(event_pb2.Event(
+        wall_time=time.time(), step=step + 1,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    self.events.flush()
+
+  def write(self, record, image=None):
+    """Logs ``record`` ({"step": s, name: number, ...}) and, if given, the validation grid
+    ``image`` (uint8 (H, W, 3)); the events are on disk when it returns."""
+    if not self.writer:
+      return
+    self.json.write(record)
+    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    step = record["step"]
+    summaries = [summary.scalar(name, value) for name, value in record.items() if name != "step"]
+    if image is not None:
+      summaries.append(summary.image("val/samples", image, dataformats="HWC"))
+    for one in summaries:
+      self.events.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=one))
+    self.events.flush()
+
+  def close(self):
+    if self.events is not None:
+      self.events.close()
