@@ -17,9 +17,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from s4fusion_jax import compile_cache
-from s4fusion_jax import evaluation
-from s4fusion_jax import inference
+from s4fusion_jax.evaluation import evaluator
+from s4fusion_jax.evaluation import inference
+from s4fusion_jax.runtime import compile_cache
 
 flags.DEFINE_string("data", None, "a folder with ir/ and vi/, or a prepared TFDS dataset dir",
                     required=True)
@@ -53,8 +53,8 @@ def main(argv):
       if count == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    mean = evaluation.evaluate(fuser, f.data, f.out, split=f.split, num_samples=f.samples,
-                               progress=f.progress, on_pair=on_pair)
+    mean = evaluator.evaluate(fuser, f.data, f.out, split=f.split, num_samples=f.samples,
+                              progress=f.progress, on_pair=on_pair)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -7,7 +7,7 @@
 
 Everything the run writes goes to --workdir; a run started again on the same workdir
 resumes from its latest checkpoint. In a cluster every process waits up to --cluster_timeout_s
-for the others at each of the run's barriers (s4fusion_jax.cluster), and all leave together.
+for the others at each of the run's barriers (s4fusion_jax.runtime.cluster), and all leave together.
 """
 
 import os
@@ -19,9 +19,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from s4fusion_jax import cluster
-from s4fusion_jax import compile_cache
-from s4fusion_jax import training
+from s4fusion_jax.runtime import cluster
+from s4fusion_jax.runtime import compile_cache
+from s4fusion_jax.training import trainer
 
 config_flags.DEFINE_config_file("config", "configs/default.py", "the training config file")
 flags.DEFINE_string("workdir", None, "where the run writes checkpoints, logs and samples",
@@ -53,12 +53,12 @@ def main(argv):
     if f.distributed or any(x is not None for x in explicit):
       cluster.join(*explicit, timeout_s=f.cluster_timeout_s,
                    shutdown_timeout_s=f.shutdown_timeout_s)
-    training.train_and_evaluate(f.config, f.workdir, init_from=f.init_from,
-                                progress=f.progress)
+    trainer.train_and_evaluate(f.config, f.workdir, init_from=f.init_from,
+                               progress=f.progress)
     time.sleep(float(os.environ.get(LINGER_S, 0)))
     print(compiles.summary())
     cluster.leave()
-  except (ValueError, FileNotFoundError, training.NonFiniteLoss, cluster.ClusterTimeout) as e:
+  except (ValueError, FileNotFoundError, trainer.NonFiniteLoss, cluster.ClusterTimeout) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -23,11 +23,11 @@ from flax import nnx
 
 import common  # pylint: disable=wrong-import-order
 from configs import default  # pylint: disable=wrong-import-order
-from s4fusion_jax import model as model_lib  # pylint: disable=wrong-import-order
-from s4fusion_jax import resnet  # pylint: disable=wrong-import-order
-from s4fusion_jax import scan  # pylint: disable=wrong-import-order
-from s4fusion_jax import train_step  # pylint: disable=wrong-import-order
-from s4fusion_jax import training  # pylint: disable=wrong-import-order
+from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
+from s4fusion_jax.network import resnet  # pylint: disable=wrong-import-order
+from s4fusion_jax.numerics import scan  # pylint: disable=wrong-import-order
+from s4fusion_jax.training import train_step  # pylint: disable=wrong-import-order
+from s4fusion_jax.training import trainer  # pylint: disable=wrong-import-order
 
 BACKENDS = ("sequential", "associative", "chunked")
 # name: (batch, L, G, D, N). 481x637 -> 160x212 patches; 229^2 -> 76^2; Cross SS2D doubles L.
@@ -67,7 +67,7 @@ def model_case(backend, what):
   config.model.scan_backend = backend
   config.microbatches = 4 if "micro" in what else 1
   tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = training.create_train_state(config, tx)
+  graphdef, state = trainer.create_train_state(config, tx)
   net_graph, net_state = nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0)))
   batch = {k: jax.random.uniform(key, (20, 229, 229, 1))
            for k, key in zip(("ir", "vi"), jax.random.split(jax.random.key(2)))}

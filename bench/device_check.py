@@ -28,10 +28,10 @@ from flax import nnx
 
 import common  # pylint: disable=wrong-import-order
 from configs import default  # pylint: disable=wrong-import-order
-from s4fusion_jax import model as model_lib  # pylint: disable=wrong-import-order
-from s4fusion_jax import reference  # pylint: disable=wrong-import-order
-from s4fusion_jax import resnet  # pylint: disable=wrong-import-order
-from s4fusion_jax import train_step  # pylint: disable=wrong-import-order
+from s4fusion_jax.interop import reference  # pylint: disable=wrong-import-order
+from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
+from s4fusion_jax.network import resnet  # pylint: disable=wrong-import-order
+from s4fusion_jax.training import train_step  # pylint: disable=wrong-import-order
 
 GOLDEN = os.path.join(common.REPO, "..", "shared", "golden", "golden_s4fusion_61x73.npz")
 BACKENDS = ("sequential", "associative", "chunked")

@@ -15,8 +15,8 @@ import ml_collections
 from flax import nnx
 
 import common  # pylint: disable=wrong-import-order
-from s4fusion_jax import losses  # pylint: disable=wrong-import-order
-from s4fusion_jax import resnet  # pylint: disable=wrong-import-order
+from s4fusion_jax.network import resnet  # pylint: disable=wrong-import-order
+from s4fusion_jax.objectives import losses  # pylint: disable=wrong-import-order
 
 CONFIG = ml_collections.ConfigDict(dict(
     weights=dict(loss_per=1.0, loss_l1=15.0, loss_ssim=15.0, loss_grad=15.0),

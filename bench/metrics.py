@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 import common  # pylint: disable=wrong-import-order
-from s4fusion_jax import metrics  # pylint: disable=wrong-import-order
+from s4fusion_jax.objectives import metrics  # pylint: disable=wrong-import-order
 
 OURS = {
     "EN": lambda f, a, b: metrics.entropy(f),

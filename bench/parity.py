@@ -16,8 +16,8 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from s4fusion_jax import reference  # pylint: disable=wrong-import-position
-from s4fusion_jax import scan  # pylint: disable=wrong-import-position
+from s4fusion_jax.interop import reference  # pylint: disable=wrong-import-position
+from s4fusion_jax.numerics import scan  # pylint: disable=wrong-import-position
 
 FIXTURES = ("golden_s4fusion_tiny_37x49.npz", "golden_s4fusion_61x73.npz")
 

@@ -14,8 +14,8 @@ import time
 from absl import flags
 
 import common  # pylint: disable=wrong-import-order
-from s4fusion_jax import datasets  # pylint: disable=wrong-import-order
-from s4fusion_jax import input_pipeline  # pylint: disable=wrong-import-order
+from s4fusion_jax.data import datasets  # pylint: disable=wrong-import-order
+from s4fusion_jax.data import input_pipeline  # pylint: disable=wrong-import-order
 
 
 def main():

@@ -5,7 +5,7 @@
 Every case is a fresh process, run on an otherwise idle CPU; short cases are repeated and
 their median shown, the evaluations run once. Seconds are wall time, also shown in units of
 the ResNet50 forward on 4 x 229^2 x 3 measured in this run (the machines differ ~3x).
-  import       ``import s4fusion_jax.inference`` (JAX, flax and the model's modules)
+  import       ``import s4fusion_jax.evaluation.inference`` (JAX, flax and the model's modules)
   load_model   ``checkpoint.load_model`` of the bundled model, after the import
   new_model    ``S4Fusion(ModelConfig(), rngs=...)``: a fresh model, built eagerly
   create       ``model.create(ModelConfig())``: the same in one compiled program (training
@@ -34,13 +34,13 @@ import numpy as np
 from PIL import Image
 
 import common  # pylint: disable=wrong-import-order
-from s4fusion_jax import compile_cache  # pylint: disable=wrong-import-order
-from s4fusion_jax import sizes  # pylint: disable=wrong-import-order
+from s4fusion_jax.numerics import sizes  # pylint: disable=wrong-import-order
+from s4fusion_jax.runtime import compile_cache  # pylint: disable=wrong-import-order
 
 DATA = os.path.join(common.REPO, "..", "shared", "data", "roadscene_train")
 
 IN_PROCESS = {
-    "import": "import s4fusion_jax.inference",
+    "import": "import s4fusion_jax.evaluation.inference",
     "load_model": "inference.Fuser.from_flags()",
     "new_model": "model_lib.S4Fusion(model_lib.ModelConfig(), rngs=nnx.Rngs(0))",
     "create": "model_lib.create(model_lib.ModelConfig())",
@@ -51,8 +51,8 @@ def in_process_case(name):
   """Times one IN_PROCESS case in this (fresh) process; prints its seconds as JSON."""
   start = time.perf_counter()
   from flax import nnx  # pylint: disable=import-outside-toplevel,unused-import
-  from s4fusion_jax import inference  # pylint: disable=import-outside-toplevel,unused-import
-  from s4fusion_jax import model as model_lib  # pylint: disable=import-outside-toplevel,unused-import
+  from s4fusion_jax.evaluation import inference  # pylint: disable=import-outside-toplevel,unused-import
+  from s4fusion_jax.network import model as model_lib  # pylint: disable=import-outside-toplevel,unused-import
   seconds = time.perf_counter() - start
   if name != "import":
     start = time.perf_counter()

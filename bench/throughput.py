@@ -25,10 +25,10 @@ from flax import nnx
 import benchmark  # pylint: disable=wrong-import-order
 import common  # pylint: disable=wrong-import-order
 from configs import default  # pylint: disable=wrong-import-order
-from s4fusion_jax import model as model_lib  # pylint: disable=wrong-import-order
-from s4fusion_jax import resnet  # pylint: disable=wrong-import-order
-from s4fusion_jax import train_step  # pylint: disable=wrong-import-order
-from s4fusion_jax import training  # pylint: disable=wrong-import-order
+from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
+from s4fusion_jax.network import resnet  # pylint: disable=wrong-import-order
+from s4fusion_jax.training import train_step  # pylint: disable=wrong-import-order
+from s4fusion_jax.training import trainer  # pylint: disable=wrong-import-order
 
 
 def uniform(key, shape):
@@ -46,7 +46,7 @@ def train_case(batch, size, full_loss):
     config.loss.update(perceptual=False, weight_source="image_gradient")
     config.model.remat = False
   tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = training.create_train_state(config, tx)
+  graphdef, state = trainer.create_train_state(config, tx)
   net_graph, net_state = (nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0))) if full_loss
                           else (None, None))
   images = {"ir": uniform(1, (batch, size, size, 1)), "vi": uniform(2, (batch, size, size, 1))}

@@ -12,7 +12,7 @@ import ml_collections
 def get_config():
   config = ml_collections.ConfigDict()
 
-  # The released MambaNet (3,562,957 used parameters; see s4fusion_jax.model.ModelConfig).
+  # The released MambaNet (3,562,957 used parameters; see s4fusion_jax.network.model.ModelConfig).
   config.model = ml_collections.ConfigDict(dict(
       dims=(48, 96, 192),
       depths=(1, 2, 1),
@@ -34,7 +34,7 @@ def get_config():
       param_dtype="float32",
   ))
 
-  # The paper's loss: L_per + 15 L_l1 + 15 L_ssim + 15 L_grad (s4fusion_jax.losses).
+  # The paper's loss: L_per + 15 L_l1 + 15 L_ssim + 15 L_grad (s4fusion_jax.objectives.losses).
   config.loss = ml_collections.ConfigDict(dict(
       weights=dict(loss_per=1.0, loss_l1=15.0, loss_ssim=15.0, loss_grad=15.0),
       temperature=20.0,  # c of softmax(info / c); the reference's value is not released

@@ -30,7 +30,7 @@ import importlib.util
 import os
 import sys
 
-from s4fusion_jax import baselines
+from s4fusion_jax.evaluation import baselines
 
 
 EXACT_SIZES_HELP = ("one compiled program per padded image size, instead of one per size bucket "
@@ -38,14 +38,14 @@ EXACT_SIZES_HELP = ("one compiled program per padded image size, instead of one 
 
 
 def _convert_reference(args):
-  from s4fusion_jax import checkpoint, reference, weights_io  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.interop import checkpoint, reference, weights_io  # pylint: disable=import-outside-toplevel
   model = reference.from_torch_state_dict(weights_io.read_state_dict(args.input))
   checkpoint.save_model(args.output, model, force=args.force)
   print(f"wrote {args.output}: {model.config}")
 
 
 def _export_reference(args):
-  from s4fusion_jax import checkpoint, reference, weights_io  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.interop import checkpoint, reference, weights_io  # pylint: disable=import-outside-toplevel
   weights_io.check_target(args.output, force=args.force)  # before the model is loaded
   model = checkpoint.load_model(args.checkpoint)
   weights_io.write_state_dict(args.output, reference.to_torch_state_dict(model), force=args.force)
@@ -53,14 +53,14 @@ def _export_reference(args):
 
 
 def _convert_resnet(args):
-  from s4fusion_jax import checkpoint, resnet, weights_io  # pylint: disable=import-outside-toplevel
-  net = resnet.from_torchvision_state_dict(weights_io.read_state_dict(args.input))
+  from s4fusion_jax.interop import checkpoint, torchvision, weights_io  # pylint: disable=import-outside-toplevel
+  net = torchvision.from_torchvision_state_dict(weights_io.read_state_dict(args.input))
   checkpoint.save_resnet(args.output, net, force=args.force)
   print(f"wrote {args.output}: ResNet50 with {net.fc.out_features} classes")
 
 
 def _prepare(args):
-  from s4fusion_jax import datasets  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.data import datasets  # pylint: disable=import-outside-toplevel
   dataset_dir, skipped = datasets.prepare(args.dataset, args.manual_dir, args.data_dir,
                                           skip_bad_pairs=args.skip_bad_pairs, name=args.name,
                                           validation=args.validation)
@@ -70,7 +70,8 @@ def _prepare(args):
 
 
 def _fuse(args):
-  from s4fusion_jax import datasets, image_files, inference  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.data import datasets, image_files  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.evaluation import inference  # pylint: disable=import-outside-toplevel
   if os.path.isdir(args.ir) != os.path.isdir(args.vi):
     raise ValueError("--ir and --vi must both be files or both be folders")
   if os.path.isdir(args.ir):
@@ -91,12 +92,13 @@ def _fuse(args):
 
 
 def _plot(args):
-  from s4fusion_jax import charts  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.evaluation import charts  # pylint: disable=import-outside-toplevel
   print(charts.plot(args.workdir, args.out))
 
 
 def _delta_stats(args):
-  from s4fusion_jax import delta_stats, functional, inference  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.evaluation import delta_stats, inference  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.interop import functional  # pylint: disable=import-outside-toplevel
   net, variables = functional.from_checkpoint(args.checkpoint or inference.BUNDLED_MODEL)
   path = delta_stats.write(delta_stats.compute(net, variables, args.data, args.progress),
                            args.out)
@@ -106,20 +108,20 @@ def _delta_stats(args):
 
 
 def _demo(args):
-  from s4fusion_jax import evaluation  # pylint: disable=import-outside-toplevel
-  print(evaluation.demo(args.out, args.data, args.checkpoint, exact_sizes=args.exact_sizes))
+  from s4fusion_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel
+  print(evaluator.demo(args.out, args.data, args.checkpoint, exact_sizes=args.exact_sizes))
   print(f"fused images, samples.png and metrics in {args.out}/<method>/")
 
 
 def _figure(args):
-  from s4fusion_jax import evaluation  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel
   columns = {}
   for column in args.fused:
     label, sep, folder = column.partition("=")
     if not sep or not label or not folder:
       raise ValueError(f"--fused takes LABEL=FOLDER, got {column!r}")
     columns[label] = folder
-  print(evaluation.figure(args.data, columns, args.names, args.out))
+  print(evaluator.figure(args.data, columns, args.names, args.out))
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +140,7 @@ def _load_config_module(path):
 
 
 def _ablate(args):
-  from s4fusion_jax import ablation  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.evaluation import ablation  # pylint: disable=import-outside-toplevel
   for folder in (args.train, args.test):
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"no folder {folder} (expected ir/ and vi/ inside)")
@@ -246,7 +248,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     if args.run in COMPILING:
-      from s4fusion_jax import compile_cache  # pylint: disable=import-outside-toplevel
+      from s4fusion_jax.runtime import compile_cache  # pylint: disable=import-outside-toplevel
       compile_cache.enable()
     args.run(args)
   except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from s4fusion_jax import compile_cache
+from s4fusion_jax.runtime import compile_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("S4FUSION_SHARED", REPO.parent / "shared"))
@@ -39,9 +39,9 @@ def one_train_step(config, image_shape):
   """(graphdef, state before, state after, metrics, batch) of one jitted train step of
   ``config`` (no ResNet50) on a random batch of ``image_shape`` (batch, H, W, 1)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from s4fusion_jax import train_step, training  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.training import train_step, trainer  # pylint: disable=import-outside-toplevel
   tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = training.create_train_state(config, tx)
+  graphdef, state = trainer.create_train_state(config, tx)
   step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss))
   batch = {k: jax.random.uniform(jax.random.key(i), image_shape)
            for i, k in enumerate(("ir", "vi"))}

@@ -17,17 +17,17 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import train_config
-from s4fusion_jax import train_step
-from s4fusion_jax import training
+from s4fusion_jax.training import train_step
+from s4fusion_jax.training import trainer
 
 
 def main(out):
   config = train_config.two_scales(train_config.get_config())
   config.batch_size = 8  # one example per device
-  mesh = training.make_mesh()
-  training.check_batch(config.batch_size, mesh)
+  mesh = trainer.make_mesh()
+  trainer.check_batch(config.batch_size, mesh)
   tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = training.create_train_state(config, tx)
+  graphdef, state = trainer.create_train_state(config, tx)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)  # as train.py: else the second step recompiles
   step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss),

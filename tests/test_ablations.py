@@ -14,14 +14,14 @@ from PIL import Image
 from conftest import REPO, one_train_step, shared_path
 from configs import ablations
 from s4fusion_jax import __main__ as cli
-from s4fusion_jax import ablation
-from s4fusion_jax import checkpoint
-from s4fusion_jax import fusion_variants
-from s4fusion_jax import model as model_lib
-from s4fusion_jax import reference
-from s4fusion_jax import ss2d
-from s4fusion_jax import train_step
-from s4fusion_jax import training
+from s4fusion_jax.evaluation import ablation
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.interop import reference
+from s4fusion_jax.network import fusion_variants
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.network import ss2d
+from s4fusion_jax.training import train_step
+from s4fusion_jax.training import trainer
 
 SMALL = dict(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1), d_state=4,
              fusion_d_state=4, fusion_blocks=1, scan_backend="chunked", scan_chunk=16)
@@ -283,7 +283,7 @@ def test_ablate_tabulates_and_resumes(tmp_path, monkeypatch):
   # A finished variant is not run again; one without its result resumes from its checkpoint.
   (workdir / "add" / "result.json").unlink()
   trained = []
-  original = training.train_and_evaluate
+  original = trainer.train_and_evaluate
   monkeypatch.setattr(training, "train_and_evaluate",
                       lambda config, run_dir, **kw: trained.append(os.path.basename(run_dir))
                       or original(config, run_dir, **kw))

@@ -13,11 +13,11 @@ from flax import nnx
 
 from conftest import REPO, one_train_step, reference_state_dict, rel_err, shared_path
 from configs import smoke
-from s4fusion_jax import model as model_lib
-from s4fusion_jax import reference
-from s4fusion_jax import resnet as resnet_lib
-from s4fusion_jax import train_step
-from s4fusion_jax import training
+from s4fusion_jax.interop import reference
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.network import resnet as resnet_lib
+from s4fusion_jax.training import train_step
+from s4fusion_jax.training import trainer
 
 TINY = dict(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1), d_state=4,
             fusion_d_state=4, scan_chunk=16)
@@ -65,12 +65,12 @@ def test_full_train_step_lowers_for_cuda_and_tpu():
     config = smoke.get_config()
     config.model.update(TINY, scan_platform=target)
     config.loss.update(perceptual=True, weight_source="resnet50")
-    assert training.train_model_config(config).scan_backend == "chunked"
+    assert trainer.train_model_config(config).scan_backend == "chunked"
     tx, schedule = train_step.make_optimizer(config)
     made = {}
 
     def init(config=config, tx=tx):
-      made["graphdef"], state = training.create_train_state(config, tx)
+      made["graphdef"], state = trainer.create_train_state(config, tx)
       return state
 
     state = jax.eval_shape(init)  # traced only: lowering needs no values

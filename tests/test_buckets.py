@@ -11,12 +11,12 @@ from flax import nnx
 from PIL import Image
 
 from conftest import load_golden, reference_state_dict, rel_err, shared_path
-from s4fusion_jax import compile_cache
-from s4fusion_jax import evaluation
-from s4fusion_jax import inference
-from s4fusion_jax import model as model_lib
-from s4fusion_jax import reference
-from s4fusion_jax import sizes
+from s4fusion_jax.evaluation import evaluator
+from s4fusion_jax.evaluation import inference
+from s4fusion_jax.interop import reference
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.numerics import sizes
+from s4fusion_jax.runtime import compile_cache
 
 # 20 sizes (H, W) in 7 buckets and 15 padded sizes: tiny, odd, 1-2 pixels past a valid side
 # (73, 97, 121), exactly a bucket, wide and tall.
@@ -93,7 +93,7 @@ def test_a_folder_of_twenty_sizes_bucketed_equals_exact(tmp_path, tiny_golden, c
   for exact in (True, False):
     fuser = RecordingFuser(model=model, exact_sizes=exact)
     before = compiles.programs
-    saved = {name: fuser.fuse(ir, vi) for name, ir, vi in evaluation.pairs(str(tmp_path))}
+    saved = {name: fuser.fuse(ir, vi) for name, ir, vi in evaluator.pairs(str(tmp_path))}
     runs[exact] = fuser.fused_y, saved, compiles.programs - before
   (exact_y, exact_saved, exact_programs), (bucket_y, bucket_saved, bucket_programs) = (
       runs[True], runs[False])
@@ -167,7 +167,7 @@ def test_golden_parity_in_a_larger_bucket(name, dtype):
 def test_the_bundled_model_bucketed_equals_exact():
   model = inference.Fuser.from_flags().model
   fusers = [RecordingFuser(model=model, exact_sizes=True), RecordingFuser(model=model)]
-  items = {name: (ir, vi) for name, ir, vi in evaluation.pairs(str(shared_path("data", "tno")))}
+  items = {name: (ir, vi) for name, ir, vi in evaluator.pairs(str(shared_path("data", "tno")))}
   for name in ("07.png", "19.png"):  # 256 x 256 -> 265^2, bucket 277^2; 270 x 360 -> 277 x 361,
     ir, vi = items[name]             # bucket 277 x 433
     assert any(sizes.bucket_length(n) > sizes.valid_length(n) for n in ir.shape[:2])

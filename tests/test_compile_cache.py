@@ -11,9 +11,9 @@ import sys
 from flax import nnx
 
 from conftest import REPO, shared_path
-from s4fusion_jax import checkpoint
-from s4fusion_jax import compile_cache
-from s4fusion_jax import model as model_lib
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.runtime import compile_cache
 
 
 def test_the_directory_and_its_switches(monkeypatch, tmp_path):

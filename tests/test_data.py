@@ -12,10 +12,10 @@ from absl import flags
 from PIL import Image
 
 from conftest import REPO, shared_path, subprocess_env
-from s4fusion_jax import color
-from s4fusion_jax import datasets
-from s4fusion_jax import image_files
-from s4fusion_jax import input_pipeline
+from s4fusion_jax.data import datasets
+from s4fusion_jax.data import image_files
+from s4fusion_jax.data import input_pipeline
+from s4fusion_jax.numerics import color
 
 flags.FLAGS.mark_as_parsed()  # multiprocess grain reads absl flags
 
@@ -62,7 +62,7 @@ def test_paired_folder_reads_back_pixel_exact(roadscene_sample):
 def test_two_processes_preparing_one_dataset_at_once_both_succeed(roadscene_sample, tmp_path):
   """They take turns (a lock in data_dir): one builds, the other finds it built."""
   raw, _ = roadscene_sample
-  script = ("import sys; from s4fusion_jax import datasets; "
+  script = ("import sys; from s4fusion_jax.data import datasets; "
             "print(datasets.prepare('paired_folder', sys.argv[1], sys.argv[2])[0])")
   procs = [subprocess.Popen([sys.executable, "-c", script, str(raw), str(tmp_path / "tfds")],
                             cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from s4fusion_jax import __main__ as cli
-from s4fusion_jax import charts
-from s4fusion_jax import checkpoint
-from s4fusion_jax import color
-from s4fusion_jax import delta_stats
-from s4fusion_jax import functional
-from s4fusion_jax import image_files
-from s4fusion_jax import model as model_lib
-from s4fusion_jax import sizes
+from s4fusion_jax.data import image_files
+from s4fusion_jax.evaluation import charts
+from s4fusion_jax.evaluation import delta_stats
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.interop import functional
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.numerics import color
+from s4fusion_jax.numerics import sizes
 
 # Two scales, two CMSA blocks per scale (a layer's value is a mean over blocks).
 SMALL = model_lib.ModelConfig(dims=(8, 16), depths=(1, 1), depths_decoder=(1, 1), d_state=4,

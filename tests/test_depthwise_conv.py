@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from s4fusion_jax import depthwise_conv
-from s4fusion_jax import layers
+from s4fusion_jax.network import layers
+from s4fusion_jax.numerics import depthwise_conv
 
 
 def grouped_conv(x, kernel, padding):

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from s4fusion_jax import directions
+from s4fusion_jax.numerics import directions
 
 
 def test_paths_are_row_major_column_major_and_their_reverses():

@@ -16,16 +16,16 @@ from PIL import Image
 from conftest import REPO, shared_path
 from configs import smoke
 from s4fusion_jax import __main__ as cli
-from s4fusion_jax import checkpoint
-from s4fusion_jax import color
-from s4fusion_jax import evaluation
-from s4fusion_jax import image_files
-from s4fusion_jax import image_grid
-from s4fusion_jax import inference
-from s4fusion_jax import metrics
-from s4fusion_jax import model as model_lib
-from s4fusion_jax import published
-from s4fusion_jax import samples
+from s4fusion_jax.data import image_files
+from s4fusion_jax.evaluation import evaluator
+from s4fusion_jax.evaluation import image_grid
+from s4fusion_jax.evaluation import inference
+from s4fusion_jax.evaluation import published
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.numerics import color
+from s4fusion_jax.objectives import metrics
+from s4fusion_jax.training import samples
 
 TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
                              d_state=4, fusion_d_state=6)
@@ -198,11 +198,11 @@ def test_evaluator_gray_follows_opencv():
 
 def test_demo_on_the_bundled_pairs(tmp_path):
   checkpoint.save_model(tmp_path / "tiny", model_lib.create(TINY))
-  text = evaluation.demo(str(tmp_path / "demo"), data=str(REPO / "demo_data" / "tno"),
-                         checkpoint_dir=str(tmp_path / "tiny"), progress=False)
+  text = evaluator.demo(str(tmp_path / "demo"), data=str(REPO / "demo_data" / "tno"),
+                        checkpoint_dir=str(tmp_path / "tiny"), progress=False)
   assert text.startswith("Means over a sample of 4 pairs")
   tables = [line for line in text.splitlines() if line.startswith("| method")]
-  assert tables == ["| method | " + " | ".join(evaluation.DEMO_METRICS) + " |"] * 2
+  assert tables == ["| method | " + " | ".join(evaluator.DEMO_METRICS) + " |"] * 2
   rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
   assert rows == ["| method", "| S4Fusion (this model)", "| method", "| average", "| max",
                   "| infrared", "| visible"]  # no published rows on a sample
@@ -214,28 +214,30 @@ def test_demo_on_the_bundled_pairs(tmp_path):
 
 
 def test_compare_marks_the_best():
-  table = evaluation.compare({"a": {"MI": 1.0, "SF": 3.0}, "b": {"MI": 2.0, "SF": 1.0}},
-                             names=("MI", "SF"))
+  table = evaluator.compare({"a": {"MI": 1.0, "SF": 3.0}, "b": {"MI": 2.0, "SF": 1.0}},
+                            names=("MI", "SF"))
   assert "| a | 1.0000 | **3.0000** |" in table and "| b | **2.0000** | 1.0000 |" in table
-  table = evaluation.compare({"a": {"MI": 1.004}, "b": {"MI": 1.0, "SF": 2.0}}, names=("MI", "SF"),
-                             key=lambda metric, value: round(value, 2))
+  table = evaluator.compare({"a": {"MI": 1.004}, "b": {"MI": 1.0, "SF": 2.0}}, names=("MI", "SF"),
+                            key=lambda metric, value: round(value, 2))
   assert "| a | **1.0040** | - |" in table and "| b | **1.0000** | **2.0000** |" in table
 
 
 def test_report_puts_the_published_rows_beside_ours_on_tno_only():
   ours = dict(EN=7.2, SD=40.0, SF=13.15, MI=2.5, SCD=1.8, VIF=0.774, Qabf=0.5, SSIM=0.5176,
               AG=4.0)
-  baselines = {"max": {k: 1.0 for k in evaluation.DEMO_METRICS}}
-  text = evaluation.report(ours, baselines, "/data/tno", 25, on_tno=True)
+  baselines = {"max": {k: 1.0 for k in evaluator.DEMO_METRICS}}
+  text = evaluator.report(ours, baselines, "/data/tno", 25, on_tno=True)
   for method in published.tno_results():
     assert text.count(f"| {method} |") == 1
   # Two decimals decide (SSIM as the sum): SF 13.15 and VIF 0.77 tie with CDDFuse; SSIM
   # 1.0352 -> 1.04 beats 1.03.
   assert "CDDFuse on 4 of 8 (EN, MI, SCD, SSIM)" in text
   assert "| S4Fusion (this model) | **7.2000** | 40.0000 | 13.1500 |" in text
-  assert "| CDDFuse | 7.1200 | **46.0000** | 13.1500 |" in text  # RFN-Nest's SF 15.71 is best
+  # Published rows at their published precision (SSIM: half the two-decimal sum), ours at four.
+  assert "| CDDFuse | 7.12 | **46.00** | 13.15 |" in text  # RFN-Nest's SF 15.71 is best
+  assert "| DIDFuse | 6.97 | 45.12 |" in text and "| 0.515 |" in text  # CDDFuse's SSIM 1.03 / 2
   assert "| max | 1.0000 |" in text and "MI and VIF" in text
-  sample = evaluation.report(ours, baselines, "/data/x", 4, on_tno=False)
+  sample = evaluator.report(ours, baselines, "/data/x", 4, on_tno=False)
   assert "CDDFuse" not in sample and "a sample of 4 pairs" in sample
 
 
@@ -250,14 +252,14 @@ def test_published_table_and_the_tie_rule():
 
 
 def test_the_published_pairs_are_recognised_by_their_pixels(tmp_path):
-  tno = {name: ir for name, ir, _ in evaluation.pairs(shared_path("data", "tno"))}
+  tno = {name: ir for name, ir, _ in evaluator.pairs(shared_path("data", "tno"))}
   assert published.is_tno_set(tno)
   assert not published.is_tno_set({k: v for k, v in tno.items() if k != "01.png"})
   changed = dict(tno)
   changed["07.png"] = changed["07.png"].copy()
   changed["07.png"][0, 0] ^= 1
   assert not published.is_tno_set(changed)
-  for name, ir, _ in evaluation.pairs(str(REPO / "demo_data" / "tno")):  # re-encoded files
+  for name, ir, _ in evaluator.pairs(str(REPO / "demo_data" / "tno")):  # re-encoded files
     assert published.fingerprint(ir) == published.TNO_PAIRS[name]
 
 
@@ -285,8 +287,8 @@ def test_figure_command_draws_a_row_per_pair(tmp_path, capsys):
   image = np.asarray(Image.open(out))
   first = image_files.read_ir(data / "ir" / names[0])
   # Four columns at one height: the widest pair's row is exactly four of its images wide.
-  assert image.shape[1] == 4 * round(first.shape[1] * evaluation.SAMPLE_HEIGHT / first.shape[0])
-  row = image[18:18 + evaluation.SAMPLE_HEIGHT]
+  assert image.shape[1] == 4 * round(first.shape[1] * evaluator.SAMPLE_HEIGHT / first.shape[0])
+  row = image[18:18 + evaluator.SAMPLE_HEIGHT]
   quarter = image.shape[1] // 4
   assert abs(int(row[:, 2 * quarter + 5:3 * quarter - 5].mean()) - 60) <= 1
   assert abs(int(row[:, 3 * quarter + 5:].mean()) - 200) <= 1

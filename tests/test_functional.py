@@ -11,10 +11,10 @@ from flax import nnx
 
 from conftest import reference_state_dict, rel_err
 from configs import smoke
-from s4fusion_jax import functional
-from s4fusion_jax import losses
-from s4fusion_jax import model as model_lib
-from s4fusion_jax import reference
+from s4fusion_jax.interop import functional
+from s4fusion_jax.interop import reference
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.objectives import losses
 
 # Two scales, one CMSA block per scale: every kind of block at the least compile time.
 SMALL = model_lib.ModelConfig(dims=(8, 16), depths=(1, 1), depths_decoder=(1, 1), d_state=4,

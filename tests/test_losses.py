@@ -8,9 +8,9 @@ import pytest
 from flax import nnx
 
 from conftest import load_golden, rel_err
-from s4fusion_jax import filters
-from s4fusion_jax import losses
-from s4fusion_jax import resnet
+from s4fusion_jax.network import resnet
+from s4fusion_jax.numerics import filters
+from s4fusion_jax.objectives import losses
 
 
 def nhwc(x):

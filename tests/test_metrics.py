@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import load_golden, shared_path
-from s4fusion_jax import metrics
+from s4fusion_jax.objectives import metrics
 
 TOLERANCE = {"VIF": 1e-5, "Qabf": 1e-5}
 

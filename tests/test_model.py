@@ -11,9 +11,9 @@ from flax import nnx
 
 from conftest import reference_state_dict
 from s4fusion_jax import __main__ as cli
-from s4fusion_jax import checkpoint
-from s4fusion_jax import model as model_lib
-from s4fusion_jax import reference
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.interop import reference
+from s4fusion_jax.network import model as model_lib
 
 TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
                              d_state=4, fusion_d_state=6)

@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 from conftest import reference_state_dict, rel_err
-from s4fusion_jax import reference
-from s4fusion_jax import scan
+from s4fusion_jax.interop import reference
+from s4fusion_jax.numerics import scan
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
 

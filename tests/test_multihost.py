@@ -5,7 +5,7 @@ The smoke config's first 12 steps run as one process (one CPU device) and as an 
 run here gets its own persistent compilation cache, empty or warmed by an earlier run of
 this module, per process: JAX reads the cache on every process but writes it from process 0
 alone, so a warm cache puts the processes tens of seconds apart, and a run must hold
-together all the same (s4fusion_jax.cluster).
+together all the same (s4fusion_jax.runtime.cluster).
 """
 
 import json
@@ -114,7 +114,7 @@ def test_a_cache_warm_on_process_0_alone(tmp_path, two_process_run, cache):
 
 BARRIER_SCRIPT = """
 import os, sys, time
-from s4fusion_jax import cluster
+from s4fusion_jax.runtime import cluster
 address, process = sys.argv[1], int(sys.argv[2])
 cluster.join(address, 2, process, timeout_s=2, shutdown_timeout_s=5)
 if process == 0:

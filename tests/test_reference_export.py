@@ -11,10 +11,10 @@ from flax import nnx
 
 from conftest import REPO, reference_state_dict
 from s4fusion_jax import __main__ as cli
-from s4fusion_jax import checkpoint
-from s4fusion_jax import model as model_lib
-from s4fusion_jax import reference
-from s4fusion_jax import weights_io
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.interop import reference
+from s4fusion_jax.interop import weights_io
+from s4fusion_jax.network import model as model_lib
 
 UNUSED = ("vmunet.final_up.norm.weight", "vmunet.final_up.norm.bias")
 

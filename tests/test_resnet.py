@@ -11,8 +11,9 @@ from flax import nnx
 
 from conftest import load_golden, rel_err
 from s4fusion_jax import __main__ as cli
-from s4fusion_jax import checkpoint
-from s4fusion_jax import resnet
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.interop import torchvision
+from s4fusion_jax.network import resnet
 
 apply = nnx.jit(lambda net, x: net(x))
 
@@ -38,7 +39,7 @@ def check_outputs(net, golden, dtype, tolerance):
 
 
 def test_float32_matches_torchvision(golden, state_dict):
-  check_outputs(resnet.from_torchvision_state_dict(state_dict), golden, "float32", 1e-4)
+  check_outputs(torchvision.from_torchvision_state_dict(state_dict), golden, "float32", 1e-4)
 
 
 def test_float64_matches_torchvision(golden, state_dict):
@@ -46,7 +47,7 @@ def test_float64_matches_torchvision(golden, state_dict):
   # rounding (our float64 run and our float32 run differ from them by the same amount), so
   # 1e-5 is the tightest bound a float64 run can be held to against this fixture.
   with jax.enable_x64(True):
-    net = resnet.from_torchvision_state_dict(state_dict, dtype=jnp.float64)
+    net = torchvision.from_torchvision_state_dict(state_dict, dtype=jnp.float64)
     check_outputs(net, golden, "float64", 1e-5)
 
 
@@ -57,7 +58,7 @@ def test_converter_lists_every_problem(state_dict):
   sd["layer2.0.conv1.weight"] = np.zeros((128, 256, 3, 3))
   del sd["fc.bias"]
   with pytest.raises(ValueError) as info:
-    resnet.from_torchvision_state_dict(sd)
+    torchvision.from_torchvision_state_dict(sd)
   message = str(info.value)
   assert "3 problem(s)" in message
   assert "unknown parameter 'layer9.weight'" in message
@@ -82,7 +83,7 @@ def test_loads_from_safetensors_npz_and_a_converted_checkpoint(tmp_path, golden,
   np.savez(tmp_path / "r50.npz", **state_dict)
   assert cli.main(["convert-resnet", str(tmp_path / "r50.safetensors"), str(tmp_path / "ck")]) == 0
   x = jnp.asarray(golden["input"].transpose(0, 2, 3, 1))
-  expected = apply(resnet.from_torchvision_state_dict(state_dict), x)[0]
+  expected = apply(torchvision.from_torchvision_state_dict(state_dict), x)[0]
   for source in ("r50.safetensors", "r50.npz", "ck"):
     logits = apply(checkpoint.load_resnet(tmp_path / source), x)[0]
     np.testing.assert_array_equal(logits, expected, err_msg=source)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s4fusion_jax import scan
+from s4fusion_jax.numerics import scan
 
 
 def numpy_oracle(u, delta, A, B, C, D, delta_bias):

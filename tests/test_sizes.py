@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from s4fusion_jax import sizes
+from s4fusion_jax.numerics import sizes
 
 
 def reference_rest(x):

@@ -19,10 +19,10 @@ from PIL import Image
 import train_config
 from conftest import REPO, TRAIN_FLAGS, run, subprocess_env
 from configs import smoke
-from s4fusion_jax import checkpoint
-from s4fusion_jax import run_log
-from s4fusion_jax import train_step
-from s4fusion_jax import training
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.training import run_log
+from s4fusion_jax.training import train_step
+from s4fusion_jax.training import trainer
 
 
 def test_eight_devices_match_one(tmp_path):
@@ -46,7 +46,7 @@ def test_eight_devices_match_one(tmp_path):
 def initial_params():
   config = train_config.two_scales(train_config.get_config())  # as dp_step.py
   tx, _ = train_step.make_optimizer(config)
-  _, state = training.create_train_state(config, tx)
+  _, state = trainer.create_train_state(config, tx)
   return {"/".join(map(str, k)): np.asarray(v)
           for k, v in nnx.traversals.flatten_mapping(state.params).items()}
 
@@ -145,23 +145,23 @@ def test_deferred_metrics_name_the_first_bad_step():
   pending = [(5, {"loss": jnp.float32(1.0), "loss_l1": jnp.float32(0.5)}),
              (6, {"loss": jnp.float32(np.inf), "loss_l1": jnp.float32(np.nan)}),
              (7, {"loss": jnp.float32(np.nan), "loss_l1": jnp.float32(np.nan)})]
-  with pytest.raises(training.NonFiniteLoss, match=r"non-finite loss, loss_l1 at step 6;"):
-    training._fetch_checked(pending)  # pylint: disable=protected-access
-  fetched = training._fetch_checked(pending[:1])  # pylint: disable=protected-access
+  with pytest.raises(trainer.NonFiniteLoss, match=r"non-finite loss, loss_l1 at step 6;"):
+    trainer._fetch_checked(pending)  # pylint: disable=protected-access
+  fetched = trainer._fetch_checked(pending[:1])  # pylint: disable=protected-access
   assert fetched == [{"loss": 1.0, "loss_l1": 0.5}]
 
 
 def test_batch_must_split_over_devices_and_micro_batches():
-  mesh = training.make_mesh()
-  training.check_batch(8, mesh, microbatches=4)
+  mesh = trainer.make_mesh()
+  trainer.check_batch(8, mesh, microbatches=4)
   with pytest.raises(ValueError, match="does not split into 3 micro-batches"):
-    training.check_batch(8, mesh, microbatches=3)
+    trainer.check_batch(8, mesh, microbatches=3)
 
 
 def test_micro_batches_give_the_whole_batch_gradient():
   config = train_config.two_scales(train_config.get_config())
   tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = training.create_train_state(config, tx)
+  graphdef, state = trainer.create_train_state(config, tx)
   rng = np.random.default_rng(0)
   batch = {k: rng.random((4, 37, 37, 1), np.float32) for k in ("ir", "vi")}
   outs = [jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss, k))(
@@ -186,12 +186,12 @@ def test_schedule_is_the_reference_warmup_cosine():
 
 def test_init_from_a_converted_reference_checkpoint(tmp_path, tiny_golden):
   from conftest import reference_state_dict  # pylint: disable=import-outside-toplevel
-  from s4fusion_jax import reference  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.interop import reference  # pylint: disable=import-outside-toplevel
   converted = reference.from_torch_state_dict(reference_state_dict(tiny_golden))
   checkpoint.save_model(tmp_path / "ref", converted)
   config = smoke.get_config()  # the tiny fixture's sizes
   tx, _ = train_step.make_optimizer(config)
-  _, state = training.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
+  _, state = trainer.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
   ours = jax.tree.leaves(state.params)
   theirs = jax.tree.leaves(nnx.to_pure_dict(nnx.state(converted, nnx.Param)))
   assert len(ours) == len(theirs)
@@ -199,7 +199,7 @@ def test_init_from_a_converted_reference_checkpoint(tmp_path, tiny_golden):
     np.testing.assert_array_equal(a, b)
   config.model.d_state = 5
   with pytest.raises(ValueError, match="other sizes"):
-    training.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
+    trainer.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
 
 
 def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
@@ -219,7 +219,7 @@ def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
 def test_every_shipped_config_builds(name, arg):
   module = __import__(f"configs.{name}", fromlist=["get_config"])
   config = module.get_config() if arg is None else module.get_config(arg)
-  training.train_model_config(config)
+  trainer.train_model_config(config)
   train_step.make_optimizer(config)
   assert config.num_steps > 0 and config.batch_size % config.microbatches == 0
 

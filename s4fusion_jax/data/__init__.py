@@ -1,0 +1,2 @@
+"""Data, knowing nothing of models: image files, the TFDS builders, the grain input pipeline.
+"""

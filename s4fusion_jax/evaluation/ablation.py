@@ -1,0 +1,144 @@
+"""The ablation job: train the paper's Table 3 variants alike, evaluate each, tabulate.
+
+``WORKDIR/VARIANT/`` holds one variant's training run (it resumes from its checkpoints)
+and, once trained, ``eval/`` (the fused test images and their metrics) and
+``result.json``. A variant with a ``result.json`` is finished and is not run again.
+``WORKDIR/ablation.md``, ``ablation.csv`` and ``ablation.png`` (a bar chart) hold every
+finished variant. Every variant shares the data order, seed, steps and loss; only
+``no_per`` differs, by training without L_per.
+"""
+
+import csv
+import io
+import json
+import os
+
+from s4fusion_jax.evaluation import charts
+from s4fusion_jax.evaluation import evaluator
+from s4fusion_jax.evaluation import inference
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.runtime import atomic_files
+from s4fusion_jax.training import trainer
+
+TABLE_METRICS = ("MI", "AG", "VIF", "Qabf", "SSIM", "SF")  # the paper's Table 3 columns
+# Without ResNet50 weights L_per is off for every variant, so "no_per" is "s4fusion".
+SAME_WITHOUT_PER = ("no_per", "s4fusion")
+
+
+def short_budget(config, train_dir, workdir, *, steps, batch_size, crop_size,
+                 resnet_weights=None):
+  """Sets ``config`` up for a short ablation run on the pairs of ``train_dir`` (ir/, vi/).
+
+  The loss keeps its weights; without ``resnet_weights`` the source weights come from the
+  images' Sobel energy and L_per is off. Validation is off: the test folder is measured
+  once, after training.
+  """
+  config.data.data_dir = os.path.join(workdir, "tfds")
+  config.data.train = [dict(dataset="paired_folder", manual_dir=os.path.abspath(train_dir),
+                            name=os.path.basename(os.path.normpath(train_dir)), split="train",
+                            weight=None)]
+  config.data.num_workers = 0
+  if resnet_weights:
+    config.loss.resnet_weights = resnet_weights
+  else:
+    config.loss.update(perceptual=False, weight_source="image_gradient")
+  config.model.remat = False
+  config.batch_size, config.crop_size, config.num_steps = batch_size, crop_size, steps
+  config.optimizer.warmup_steps = max(1, steps // 10)
+  config.log_every = max(1, min(config.log_every, steps))
+  config.checkpoint_every = max(config.log_every, steps // 4 // config.log_every * config.log_every)
+  config.eval_every = 0
+  return config
+
+
+def train_seconds(run_dir, batch_size):
+  """The training time a run logged: each logged interval's steps x batch / images_per_s.
+
+  It counts compilation (in the first interval) and excludes checkpoint writes.
+  """
+  total, last = 0.0, 0
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if "images_per_s" in record:
+        total += (record["step"] - last) * batch_size / record["images_per_s"]
+        last = record["step"]
+  return total
+
+
+def run_variant(name, config, test_dir, workdir, progress=True):
+  """Trains (or resumes) one variant, evaluates it on ``test_dir``; returns its result dict."""
+  run_dir = os.path.join(workdir, name)
+  result_path = os.path.join(run_dir, "result.json")
+  if os.path.isfile(result_path):
+    with open(result_path) as f:
+      return json.load(f)
+  trainer.train_and_evaluate(config, run_dir, progress=progress)
+  final = os.path.join(run_dir, "checkpoints", str(config.num_steps))
+  model = checkpoint.load_model(final)
+  mean = evaluator.evaluate(inference.Fuser(model=model), test_dir, os.path.join(run_dir, "eval"),
+                            progress=progress)
+  result = {"variant": name, "params": model_lib.count_params(model), "steps": config.num_steps,
+            "train_seconds": train_seconds(run_dir, config.batch_size),
+            **{k: mean[k] for k in TABLE_METRICS}}
+  atomic_files.write_text(result_path, json.dumps(result, indent=1))
+  return result
+
+
+def tables(results, notes=None):
+  """(markdown, csv) of the results: the six metrics, parameters, train time.
+
+  Args:
+    results: {variant: result dict}; best of each metric column in bold.
+    notes: {variant: a note shown in its row}.
+  """
+  notes = notes or {}
+  best = {k: max(r[k] for r in results.values()) for k in TABLE_METRICS}
+  head = ["variant", *TABLE_METRICS, "params", "steps", "train s"]
+  md = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(head)
+  for name, r in results.items():
+    cells = [f"**{r[k]:.3f}**" if r[k] == best[k] else f"{r[k]:.3f}" for k in TABLE_METRICS]
+    label = f"{name} ({notes[name]})" if name in notes else name
+    md.append(f"| {label} | " + " | ".join(cells)
+              + f" | {r['params']:,} | {r['steps']} | {r['train_seconds']:.0f} |")
+    writer.writerow([name, *(f"{r[k]:.6g}" for k in TABLE_METRICS), r["params"], r["steps"],
+                     f"{r['train_seconds']:.1f}"])
+  return "\n".join(md) + "\n", out.getvalue()
+
+
+def run(configs, test_dir, workdir, *, with_perceptual, progress=True):
+  """Runs every variant of ``configs`` ({name: training config}) and writes the table.
+
+  Without ``with_perceptual`` (no ResNet50 weights) ``no_per`` is not trained: it is
+  ``s4fusion``, and its row says so. Returns the markdown table.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  same, twin = SAME_WITHOUT_PER
+  names = list(configs)
+  notes = {}
+  if not with_perceptual and same in names:
+    print(f"without ResNet50 weights L_per is off for every variant: '{same}' is '{twin}', "
+          f"so only '{twin}' is trained")
+    notes[same] = f"= {twin}: L_per needs ResNet50 weights"
+    if twin not in names:  # without L_per the two configs are the same
+      names.insert(names.index(same), twin)
+      configs = {**configs, twin: configs[same]}
+  results = {}
+  for name in names:
+    if name == same and same in notes:
+      continue
+    print(f"== {name}")
+    results[name] = run_variant(name, configs[name], test_dir, workdir, progress)
+  if same in notes:
+    results = {n: results[twin] if n == same else results[n] for n in names}
+  md, csv_text = tables(results, notes)
+  atomic_files.write_text(os.path.join(workdir, "ablation.md"), md)
+  atomic_files.write_text(os.path.join(workdir, "ablation.csv"), csv_text)
+  charts.save(charts.bars_figure({n: {k: r[k] for k in TABLE_METRICS} for n, r in results.items()},
+                                 "ablation variants on the test pairs"),
+              os.path.join(workdir, "ablation.png"))
+  return md

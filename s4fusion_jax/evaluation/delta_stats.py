@@ -1,0 +1,159 @@
+"""The paper's Table 5: the mean step size Delta of each modality in each CMSA layer.
+
+    python -m s4fusion_jax delta-stats --data DIR [--checkpoint CKPT] [--out OUT]
+
+In a CMSA block the selective scan steps through the interleaved sequence
+[I_1, V_1, I_2, V_2, ...] with a step Delta_t of its own at every position (per direction
+and channel): a large Delta lets the current patch overwrite the state, a small one keeps
+what came before. The paper compares the mean Delta of the infrared positions (Delta_I)
+with that of the visible ones (Delta_V) in each CMSA layer.
+
+Delta has three forms here (``functional.cross_scan_terms``): ``delta_proj`` = dt_low
+dt_proj (the projection), ``delta_biased`` = that + dt_bias, ``delta`` = softplus of that,
+the step the scan takes. The reference's Python code only ever holds the projection: its
+``dts`` go to mamba's ``selective_scan_fn`` with ``delta_bias`` and ``delta_softplus=True``,
+and the bias and the softplus are applied inside the CUDA kernel. A value read from that
+code is therefore ``delta_proj`` (the only form that can be negative without a bias, and the
+softplus is always positive): the paper's negative values must be that form (``PAPER_FORM``).
+
+"Layer l" is the reference's ``fusion_layers[l - 1]``, the fusion of scale l - 1 (Layer1 the
+finest); its value is the mean over its CMSA blocks (each block is also reported).
+
+Means: per image, over the valid positions only (a bucketed image's padding to its bucket
+never counts; the reference-padded rectangle is the image the model sees), the four
+directions and the channels; then the mean over the images (each image weighs the same).
+"""
+
+import csv
+import functools
+import io
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from s4fusion_jax.evaluation import charts
+from s4fusion_jax.evaluation import evaluator
+from s4fusion_jax.interop import functional
+from s4fusion_jax.numerics import color
+from s4fusion_jax.numerics import directions
+from s4fusion_jax.numerics import sizes
+from s4fusion_jax.runtime import atomic_files
+
+FORMS = ("delta_proj", "delta_biased", "delta")
+PAPER_FORM = "delta_proj"
+MODALITIES = ("ir", "vi")
+
+
+def masked_means(terms, valid, height, width, rule):
+  """Per image, the mean of each Delta form of each modality over the valid positions.
+
+  Args:
+    terms: ``functional.cross_scan_terms``'s result, each array (batch, L_s, 4, D).
+    valid: (batch, 2) valid rectangles (H_v, W_v) in pixels (``sizes.placement``).
+    height, width: the model input's size in pixels (the bucket).
+    rule: ``(kernel, stride, levels)`` of the model (``ModelConfig.size_rule``).
+
+  Returns:
+    ``{block: {form: {modality: (batch,)}}}`` for the blocks of ``terms``.
+  """
+  kernel, stride, _ = rule
+  h, w = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+  means = {}
+  for block, forms in terms.items():
+    scale = int(block.split("/")[0].rpartition("_")[2])
+    mask = directions.sequence_mask(sizes.grid_mask(valid, h >> scale, w >> scale, kernel,
+                                                    stride, scale))
+    means[block] = {}
+    for form in FORMS:
+      means[block][form] = {}
+      for modality, x in forms[form].items():
+        total = jnp.where(mask, x, 0).sum(axis=(1, 2, 3))
+        means[block][form][modality] = total / (mask.sum(axis=(1, 2, 3)) * x.shape[-1])
+  return means
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _image_means(net, rule, variables, ir, vi, valid):
+  """(1, H, W, 1) images in [0, 1] placed in a bucket -> ``masked_means`` of their pass."""
+  _, scans = net.intermediates(variables, ir, vi, valid)
+  return masked_means(functional.cross_scan_terms(variables, scans), valid, *ir.shape[1:3], rule)
+
+
+def compute(net, variables, data, progress=True):
+  """Table 5 for a model (``functional.Network`` and its variables) on a folder of pairs.
+
+  Args:
+    data: a folder with ir/ and vi/ (or a prepared dataset), uint8 pairs; the visible
+      image's Y is fused, as in ``inference``.
+
+  Returns:
+    ``{"pairs": n, "blocks": {block: {form: {modality: mean}}},
+    "layers": {"Layer<l>": {form: {modality: mean}}}}``, floats.
+  """
+  config = net.module(variables).config
+  if config.fusion != "cmsa":
+    raise ValueError(f"delta-stats reads CMSA blocks; this model's fusion is {config.fusion!r}")
+  dtype = jnp.dtype(config.dtype)
+  per_image = []
+  for name, ir, vi in evaluator.pairs(data):
+    pads, valid, _ = sizes.placement(*ir.shape[:2], *config.size_rule())
+    images = [np.pad(x[None], ((0, 0), *pads, (0, 0)))
+              for x in (ir / 255.0, color.rgb_to_y(vi / 255.0))]
+    means = _image_means(net, config.size_rule(), variables,
+                         *(jnp.asarray(x, dtype) for x in images), np.array([valid], np.int32))
+    per_image.append(jax.tree.map(lambda x: float(np.asarray(x, np.float64)[0]), means))
+    if progress:
+      print(f"delta-stats: {name} ({len(per_image)})", flush=True)
+  if not per_image:
+    raise ValueError(f"no image pairs in {data}")
+  blocks = jax.tree.map(lambda *xs: float(np.mean(xs)), *per_image)
+  layers = {}
+  for scale in range(config.levels):
+    members = [v for k, v in blocks.items() if k.startswith(f"fusion_{scale}/")]
+    layers[f"Layer{scale + 1}"] = jax.tree.map(lambda *xs: float(np.mean(xs)), *members)
+  return {"pairs": len(per_image), "blocks": blocks, "layers": layers}
+
+
+def observations(stats, form=PAPER_FORM):
+  """The paper's two observations checked on ``stats``: {statement: holds}."""
+  layers = stats["layers"]
+  names = list(layers)
+  falls = {m: all(layers[a][form][m] > layers[b][form][m] for a, b in zip(names, names[1:]))
+           for m in MODALITIES}
+  return {"Delta_I > Delta_V in every layer":
+              all(layers[n][form]["ir"] > layers[n][form]["vi"] for n in names),
+          "Delta_I falls with depth": falls["ir"],
+          "Delta_V falls with depth": falls["vi"]}
+
+
+def tables(stats):
+  """(markdown, csv) of ``stats``: a row per layer and per block, Delta_I and Delta_V per form."""
+  head = ["layer", *(f"{f} {m}" for f in FORMS for m in ("I", "V"))]
+  rows = [(name, values) for name, values in stats["layers"].items()]
+  rows += [(name, values) for name, values in stats["blocks"].items()]
+  md = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(head)
+  for name, values in rows:
+    cells = [values[f][m] for f in FORMS for m in MODALITIES]
+    md.append(f"| {name} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
+    writer.writerow([name, *(f"{c:.8g}" for c in cells)])
+  return "\n".join(md) + "\n", out.getvalue()
+
+
+def write(stats, out):
+  """Writes delta_stats.{json,md,csv,png} into ``out``; returns the markdown path."""
+  md, table_csv = tables(stats)
+  checks = observations(stats)
+  md += (f"\n{stats['pairs']} pairs. The paper's form is {PAPER_FORM} (see "
+         "s4fusion_jax/evaluation/delta_stats.py). On it:\n\n"
+         + "".join(f"- {claim}: {'yes' if holds else 'no'}\n" for claim, holds in checks.items()))
+  for name, text in (("delta_stats.json", json.dumps(stats, indent=1)),
+                     ("delta_stats.md", md), ("delta_stats.csv", table_csv)):
+    atomic_files.write_text(os.path.join(out, name), text)
+  charts.save(charts.delta_figure(stats["layers"], FORMS), os.path.join(out, "delta_stats.png"))
+  return os.path.join(out, "delta_stats.md")

@@ -1,0 +1,103 @@
+"""Fusing image pairs of any size with a model or a baseline, in the reference's colour handling.
+
+A pair is uint8 infrared (H, W, 1) and visible (H, W, 3). The network fuses the infrared
+image with the visible image's Y; a colour visible image is recoloured with its own Cr
+and Cb (the reference's YCrCb formulas), a grey one (equal channels) gives a grey result.
+Output pixels are rounded as torchvision's ``save_image`` does (clamp, x255, round).
+
+Compilation: the model runs on images zero-padded to the size rule (as the reference
+pads) and placed in their size bucket (``sizes``), with the padded size passed at run time:
+one compiled program serves every size of a bucket, with the numbers of the padded size
+(the model masks the rest of the bucket). ``exact_sizes=True``, and the ablations that take
+no masks, run each padded size as its own program instead. Within a process each program
+compiles once (jit's cache).
+"""
+
+import dataclasses
+import hashlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from s4fusion_jax.evaluation import baselines
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.numerics import color
+from s4fusion_jax.numerics import sizes
+
+METHODS = tuple(baselines.METHODS)
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # s4fusion_jax/
+BUNDLED_MODEL = os.path.join(PACKAGE, "weights", "s4fusion")
+
+
+def to_uint8(x):
+  """[0, 1] floats -> uint8 as ``save_image``: clamp to [0, 1], x255, round half to even."""
+  return np.round(np.clip(np.asarray(x, np.float32), 0, 1) * 255).astype(np.uint8)
+
+
+class Fuser:
+  """Fuses uint8 pairs with an S4Fusion model or a baseline (one of ``METHODS``)."""
+
+  def __init__(self, model=None, method=None, exact_sizes=False):
+    """``exact_sizes``: one program per padded size instead of one per size bucket."""
+    if (model is None) == (method is None):
+      raise ValueError("give exactly one of a model and a method")
+    if method is not None and method not in METHODS:
+      raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    self.model, self.method = model, method
+    self.bucketed = model is not None and model.takes_buckets and not exact_sizes
+    self._apply = nnx.jit(lambda m, a, b, valid: m(a, b, valid)) if model is not None else None
+
+  @classmethod
+  def from_flags(cls, checkpoint_dir=None, method=None, scan_backend="auto", exact_sizes=False):
+    """A model from ``checkpoint_dir`` (default: the bundled model) or a baseline ``method``."""
+    if method:
+      return cls(method=method)
+    path = checkpoint_dir or BUNDLED_MODEL
+    if not os.path.isdir(path):
+      raise FileNotFoundError(
+          f"no model at {path}: pass --checkpoint (a converted or trained S4Fusion checkpoint) "
+          f"or --method {'|'.join(METHODS)}")
+    return cls(model=checkpoint.load_model(path, scan_backend=scan_backend),
+               exact_sizes=exact_sizes)
+
+  def signature(self):
+    """What decides the fused images, as JSON-able values: the baseline; or the model's config,
+    a hash of its parameters and state (e.g. BatchNorm statistics) and the size handling."""
+    if self.method is not None:
+      return {"method": self.method}
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree.leaves_with_path(nnx.state(self.model)):
+      leaf = np.asarray(leaf)
+      digest.update(f"{jax.tree_util.keystr(path)} {leaf.dtype} {leaf.shape}".encode())
+      digest.update(leaf.tobytes())
+    return {"config": dataclasses.asdict(self.model.config), "state": digest.hexdigest(),
+            "exact_sizes": not self.bucketed}
+
+  def fuse_y(self, ir, vi_y):
+    """ir, vi_y: float32 (H, W, 1) in [0, 1] -> fused Y, float32 (H, W, 1), unclamped."""
+    if self.method is not None:
+      return baselines.METHODS[self.method](ir, vi_y)
+    pads, valid, box = sizes.placement(*ir.shape[:2], *self.model.config.size_rule(),
+                                       bucket=self.bucketed)
+    dtype = jnp.dtype(self.model.config.dtype)
+    ir_p, vi_p = (jnp.asarray(np.pad(x[None], ((0, 0), *pads, (0, 0))), dtype)
+                  for x in (ir, vi_y))
+    fused = self._apply(self.model, ir_p, vi_p,
+                        np.array([valid], np.int32) if self.bucketed else None)
+    fused = np.asarray(fused, np.float32)[:, :valid[0], :valid[1]]  # on the host: no program
+    return sizes.crop(fused, box)[0]
+
+  def fuse(self, ir, vi):
+    """uint8 ir (H, W, 1) and vi (H, W, 3) -> uint8 fused (H, W, 1) or, for colour vi, (H, W, 3)."""
+    if ir.shape[:2] != vi.shape[:2]:
+      raise ValueError(f"infrared {ir.shape[:2]} and visible {vi.shape[:2]} sizes differ")
+    vi_f = vi.astype(np.float32) / 255
+    y, cr, cb = color.rgb_to_ycrcb(vi_f)
+    fused_y = self.fuse_y(ir.astype(np.float32) / 255, y.astype(np.float32))
+    grey = np.array_equal(vi[..., 0], vi[..., 1]) and np.array_equal(vi[..., 1], vi[..., 2])
+    if grey:
+      return to_uint8(fused_y)
+    return to_uint8(color.ycrcb_to_rgb(np.clip(fused_y, 0, 1), cr, cb))

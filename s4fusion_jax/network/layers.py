@@ -1,0 +1,86 @@
+"""Linear, convolution, LayerNorm and BatchNorm layers initialised as the reference initialises them.
+
+The reference (``VSSM._init_weights``) gives every ``nn.Linear`` a normal(0, 0.02)
+weight (timm's ``trunc_normal_`` with bounds at +-2, i.e. +-100 sigma) and a zero
+bias; ``nn.Conv2d`` keeps PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+weight and bias; every LayerNorm has eps 1e-5 and starts at (1, 0). LayerNorms here
+compute the variance in two passes, as PyTorch does, rather than flax's default
+E[x^2] - E[x]^2, so float32 results stay within 1e-4 of the reference.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from s4fusion_jax.numerics import depthwise_conv
+
+NORM_EPS = 1e-5  # PyTorch's default for LayerNorm and BatchNorm
+linear_init = nnx.initializers.normal(stddev=0.02)
+
+
+def fan_in_uniform(fan_in):
+  """PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) initializer."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def linear(in_features, out_features, *, rngs, dtype=None, param_dtype=jnp.float32,
+           use_bias=False):
+  """``nn.Linear`` as the reference uses it: kernel (in, out), bias-free by default."""
+  return nnx.Linear(in_features, out_features, use_bias=use_bias, kernel_init=linear_init,
+                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def conv(in_features, out_features, kernel_size, *, rngs, stride=1, padding="VALID",
+         groups=1, use_bias=True, dtype=None, param_dtype=jnp.float32):
+  """``nn.Conv2d`` with PyTorch's default initialisation; kernel (kh, kw, in/groups, out).
+
+  A depthwise convolution (one filter per channel, stride 1, explicit padding) runs through
+  ``depthwise_conv``, whose kernel gradient XLA:CPU computes without a dense C x C convolution.
+  """
+  fan_in = (in_features // groups) * kernel_size * kernel_size
+  depthwise = (groups == in_features == out_features and stride == 1
+               and not isinstance(padding, str))
+  extra = {"conv_general_dilated": depthwise_conv.conv_general_dilated} if depthwise else {}
+  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
+                  padding=padding, feature_group_count=groups, use_bias=use_bias,
+                  kernel_init=fan_in_uniform(fan_in), bias_init=fan_in_uniform(fan_in),
+                  dtype=dtype, param_dtype=param_dtype, rngs=rngs, **extra)
+
+
+def batch_norm(num_features, *, rngs, dtype=None, param_dtype=jnp.float32):
+  """``nn.BatchNorm2d(num_features)``, starting in training mode (batch statistics).
+
+  PyTorch's momentum 0.1 is flax's 0.9. The running variance is updated with the biased
+  batch variance (PyTorch uses the unbiased one: a factor n / (n - 1), n = batch x H x W).
+  ``module.eval()`` switches to the running statistics.
+  """
+  return nnx.BatchNorm(num_features, use_running_average=False, momentum=0.9, epsilon=NORM_EPS,
+                       use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def layer_norm(num_features, *, rngs, dtype=None, param_dtype=jnp.float32):
+  """``nn.LayerNorm(num_features)`` (eps 1e-5, two-pass variance)."""
+  return nnx.LayerNorm(num_features, epsilon=NORM_EPS, use_fast_variance=False,
+                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def record(module, name, value):
+  """Keeps ``value`` as the ``nnx.Intermediate`` ``name`` of ``module`` when the forward pass
+  runs under ``nnx.capture`` (``functional.Network.intermediates``); otherwise does nothing
+  (flax's ``sow`` outside a capture would store it on the module itself)."""
+  if getattr(module, "__captures__", None) is not None:
+    module.sow(nnx.Intermediate, name, value)
+
+
+def call(module, *args, remat=False):
+  """``module(*args)``; with ``remat``, its activations are recomputed in the backward pass."""
+  if not remat:
+    return module(*args)
+  return nnx.remat(lambda m, *a: m(*a))(module, *args)

@@ -1,0 +1,2 @@
+"""Objectives and measures, pure: the loss terms and their total, the fusion metrics.
+"""

@@ -1,0 +1,254 @@
+"""The training job: state, the jit-compiled data-parallel step, checkpoints, logs, validation.
+
+Data parallelism is ``jax.jit`` over a 1-D device ``Mesh`` with axis ``data``: the batch
+is sharded along it (``NamedSharding(mesh, P('data'))``), parameters, optimizer state
+and the frozen ResNet50 are replicated (``P()``), and XLA's SPMD partitioner inserts the
+gradient all-reduce. This is what ``jax.pmap`` is built on today, without pmap's
+per-device Python view; multi-host runs call ``jax.distributed.initialize()`` first and
+each host feeds its shard of the global batch.
+
+The step is one pure function ``(state, batch, resnet_state) -> (state, metrics)``
+(``train_step``).
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from s4fusion_jax.data import datasets
+from s4fusion_jax.data import input_pipeline
+from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.numerics import scan
+from s4fusion_jax.objectives import losses
+from s4fusion_jax.runtime import cluster
+from s4fusion_jax.training import run_log
+from s4fusion_jax.training import samples
+from s4fusion_jax.training import train_step
+
+
+class NonFiniteLoss(RuntimeError):
+  """A loss term became NaN or Inf."""
+
+
+def make_mesh():
+  """A 1-D mesh named 'data' over every device of every host."""
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def check_batch(global_batch, mesh, microbatches=1):
+  devices = mesh.devices.size
+  if global_batch % devices:
+    raise ValueError(f"the global batch {global_batch} is not divisible by the {devices} devices; "
+                     f"use a multiple of {devices} (e.g. --config.batch_size="
+                     f"{max(devices, global_batch // devices * devices)})")
+  if global_batch % (microbatches * devices):
+    raise ValueError(f"the global batch {global_batch} does not split into {microbatches} "
+                     f"micro-batches over {devices} devices (needs a multiple of "
+                     f"{microbatches * devices})")
+  if global_batch % jax.process_count():
+    raise ValueError(f"the global batch {global_batch} is not divisible by the "
+                     f"{jax.process_count()} hosts")
+
+
+def train_model_config(config) -> model_lib.ModelConfig:
+  """The ``ModelConfig`` of a training config, with an "auto" scan resolved for training."""
+  model_config = model_lib.ModelConfig(**config.model)
+  return dataclasses.replace(model_config, scan_backend=scan.resolve_backend(
+      model_config.scan_backend, model_config.scan_platform, differentiated=True).value)
+
+
+def create_train_state(config, tx, init_from=None):
+  """(graphdef, state): a new model (or ``init_from``'s weights) and a fresh optimizer."""
+  model_config = train_model_config(config)
+  if init_from:
+    stored = checkpoint.read_model_config(init_from)
+    sizes = lambda c: (c.dims, c.depths, c.depths_decoder, c.d_state, c.fusion_d_state,
+                       c.fusion_blocks, c.expand, c.fusion, c.patch_mark, c.fusion_heads)
+    if sizes(stored) != sizes(model_config):
+      raise ValueError(f"--init_from {init_from} holds a model of other sizes ({stored}) than "
+                       f"the config ({model_config})")
+    model = checkpoint.load_model(init_from, **{
+        f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)})
+    model.train()
+  else:
+    model = model_lib.create(model_config, config.seed)
+  return train_step.init_state(model, tx, config.seed)
+
+
+def _sources(entries, data_dir):
+  """Prepares (if needed) and opens each ``{dataset, manual_dir, split, weight}`` entry.
+
+  Optional keys ``name``, ``skip_bad_pairs`` and ``validation`` go to ``datasets.prepare``.
+  """
+  sources, weights = [], []
+  for entry in entries:
+    with cluster.process_zero_first(f"prepare {entry['dataset']}"):
+      dataset_dir, skipped = datasets.prepare(entry["dataset"], entry["manual_dir"], data_dir,
+                                              name=entry.get("name"),
+                                              skip_bad_pairs=entry.get("skip_bad_pairs", False),
+                                              validation=entry.get("validation"))
+    for name, reason in skipped:
+      print(f"skipped {name}: {reason}")
+    src = datasets.source(dataset_dir, entry["split"])
+    sources.append(src)
+    weights.append(entry.get("weight") or len(src))
+  return sources, weights
+
+
+def _checkpoint_manager(workdir, config):
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+      item_names=(checkpoint.PARAMS, checkpoint.METADATA, "opt_state", "train", "data"))
+
+
+def _save(manager, graphdef, state, data_iterator, model_config):
+  step = int(state.step)
+  manager.save(step, args=ocp.args.Composite(**{
+      checkpoint.PARAMS: ocp.args.StandardSave(
+          train_step.all_variables(graphdef, state.params, state.model_state)),
+      checkpoint.METADATA: ocp.args.JsonSave(dataclasses.asdict(model_config)),
+      "opt_state": ocp.args.StandardSave(state.opt_state),
+      "train": ocp.args.StandardSave({"step": state.step, "rng": state.rng}),
+      "data": grain.checkpoint.CheckpointSave(data_iterator),
+  }))
+  manager.wait_until_finished()
+
+
+def _restore(manager, graphdef, state, data_iterator, sharding):
+  """``state`` with the values of the latest checkpoint, restored straight into ``sharding``.
+
+  Every process restores into the same global sharding, whatever topology saved the
+  checkpoint, so no array has to move between hosts afterwards.
+  """
+  step = manager.latest_step()
+  target = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+  abstract = target(state)
+  variables = target(train_step.all_variables(graphdef, state.params, state.model_state))
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      checkpoint.PARAMS: ocp.args.StandardRestore(variables),
+      "opt_state": ocp.args.StandardRestore(abstract.opt_state),
+      "train": ocp.args.StandardRestore({"step": abstract.step, "rng": abstract.rng}),
+      "data": grain.checkpoint.CheckpointRestore(data_iterator),
+  }))
+  _, params, model_state = train_step.split_model(
+      nnx.merge(graphdef, restored[checkpoint.PARAMS]))
+  return state.replace(params=params, model_state=model_state, opt_state=restored["opt_state"],
+                       step=restored["train"]["step"], rng=restored["train"]["rng"])
+
+
+def _fetch_checked(pending):
+  """The host values of ``pending`` [(step, metrics on the device)], oldest first.
+
+  Raises ``NonFiniteLoss`` naming the first step with a NaN or Inf and its terms.
+  """
+  fetched = []
+  for step, metrics in jax.device_get(pending):
+    metrics = {k: float(v) for k, v in metrics.items()}
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+      raise NonFiniteLoss(f"non-finite {', '.join(bad)} at step {step}; the last good "
+                          "checkpoint is kept in the workdir")
+    fetched.append(metrics)
+  return fetched
+
+
+def train_and_evaluate(config, workdir, init_from=None, progress=True):
+  """Trains under ``config`` in ``workdir``, resuming from its latest checkpoint if any.
+
+  Returns:
+    (graphdef, final ``TrainState``): ``train_step.model_of(graphdef, state)`` is the model.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh()
+  check_batch(config.batch_size, mesh, config.microbatches)
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+  resnet_graphdef = resnet_state = None
+  if losses.needs_resnet(config.loss):
+    net = checkpoint.load_resnet(config.loss.resnet_weights)
+    resnet_graphdef, resnet_state = nnx.split(net)
+    resnet_state = jax.device_put(resnet_state, replicated)
+
+  tx, schedule = train_step.make_optimizer(config)
+  graphdef, state = create_train_state(config, tx, init_from)
+  model_config = model_lib.ModelConfig(**config.model)  # saved with "auto", as configured
+
+  sources, weights = _sources(config.data.train, config.data.data_dir)
+  data = input_pipeline.train_dataset(
+      sources, crop=config.crop_size, batch_size=config.batch_size // jax.process_count(),
+      seed=config.seed, weights=weights, shard_index=jax.process_index(),
+      shard_count=jax.process_count(), num_workers=config.data.num_workers,
+      num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+  data_iterator = iter(data)
+
+  cluster.barrier("start")  # processes that read more from the compile cache wait here
+  manager = _checkpoint_manager(workdir, config)
+  if manager.latest_step() is not None:
+    state = _restore(manager, graphdef, state, data_iterator, replicated)
+    print(f"resumed from step {int(state.step)} in {workdir}")
+  state = jax.device_put(state, replicated)
+
+  step_fn = jax.jit(train_step.make_train_step(graphdef, resnet_graphdef, tx, schedule,
+                                               config.loss, config.microbatches),
+                    in_shardings=(replicated, sharded, replicated),
+                    out_shardings=(replicated, replicated), donate_argnums=0)
+  log = run_log.RunLog(workdir, int(state.step))
+  validation = samples.Validation(config, workdir) if config.eval_every else None
+
+  start_step = int(state.step)
+  bar = None
+  if progress and jax.process_index() == 0:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=config.num_steps, initial=start_step, desc="train", dynamic_ncols=True)
+  # Metrics stay on the device until a step that logs, validates or saves: then the steps
+  # since the last fetch are fetched together and checked, so no saved state holds a NaN and
+  # the host does not wait for the device on the other steps.
+  pending, tick, compiled = [], time.perf_counter(), None
+  for step in range(start_step, config.num_steps):
+    batch = next(data_iterator)
+    batch = jax.make_array_from_process_local_data(sharded, {k: batch[k] for k in ("ir", "vi")})
+    if compiled is None:  # compiled ahead, so that no process enters its collectives early
+      compiled = step_fn.lower(state, batch, resnet_state).compile()
+      cluster.barrier("compiled the train step")
+      tick = time.perf_counter()
+    state, metrics = compiled(state, batch, resnet_state)
+    done = step + 1
+    pending.append((done, metrics))
+    if bar is not None:
+      bar.update(1)
+    last = done == config.num_steps
+    log_now = done % config.log_every == 0 or last
+    eval_now = validation is not None and (done % config.eval_every == 0 or last)
+    save_now = done % config.checkpoint_every == 0 or last
+    if not (log_now or eval_now or save_now):
+      continue
+    metrics = _fetch_checked(pending)[-1]
+    metrics["images_per_s"] = config.batch_size * len(pending) / (time.perf_counter() - tick)
+    pending = []
+    if bar is not None:
+      bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.1f}")
+    if log_now:
+      log.write({"step": done, **metrics})
+    if eval_now:
+      record, grid = validation.run(train_step.model_of(graphdef, state), done)
+      log.write({"step": done, **record}, image=grid)
+      cluster.barrier("validated")
+    if save_now:
+      _save(manager, graphdef, state, data_iterator, model_config)
+    tick = time.perf_counter()  # images/s counts training steps only
+  if bar is not None:
+    bar.close()
+  log.close()
+  manager.close()
+  return graphdef, state
