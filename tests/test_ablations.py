@@ -284,7 +284,7 @@ def test_ablate_tabulates_and_resumes(tmp_path, monkeypatch):
   (workdir / "add" / "result.json").unlink()
   trained = []
   original = trainer.train_and_evaluate
-  monkeypatch.setattr(training, "train_and_evaluate",
+  monkeypatch.setattr(trainer, "train_and_evaluate",
                       lambda config, run_dir, **kw: trained.append(os.path.basename(run_dir))
                       or original(config, run_dir, **kw))
   ablation.run(configs(), test, workdir, with_perceptual=False, progress=False)

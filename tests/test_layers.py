@@ -2,7 +2,6 @@
 public API at the top, imported lazily."""
 
 import ast
-import pathlib
 import subprocess
 import sys
 
