@@ -66,12 +66,13 @@ def masked_means(terms, valid, height, width, rule):
     scale = int(block.split("/")[0].rpartition("_")[2])
     mask = directions.sequence_mask(sizes.grid_mask(valid, h >> scale, w >> scale, kernel,
                                                     stride, scale))
+    count = mask.sum(axis=(1, 2, 3))  # (batch,) valid steps of the four paths
     means[block] = {}
     for form in FORMS:
       means[block][form] = {}
       for modality, x in forms[form].items():
         total = jnp.where(mask, x, 0).sum(axis=(1, 2, 3))
-        means[block][form][modality] = total / (mask.sum(axis=(1, 2, 3)) * x.shape[-1])
+        means[block][form][modality] = total / (count * x.shape[-1])
   return means
 
 

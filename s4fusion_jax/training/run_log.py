@@ -20,6 +20,8 @@ import time
 
 import jax
 
+from s4fusion_jax.runtime import atomic_files
+
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -49,10 +51,7 @@ class JsonLog:
           continue
         if record["step"] <= step:
           kept.append(line)
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    atomic_files.write_text(self.path, "".join(kept))
 
 
 class RunLog:
@@ -71,8 +70,9 @@ class RunLog:
       return
     self.json.drop_after(step)
     # Imported here: only process 0 of a training run needs them.
-    from tensorboardX import event_file_writer  # pylint: disable=import-outside-toplevel
+    from tensorboardX import event_file_writer, summary  # pylint: disable=import-outside-toplevel
     from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    self._summary, self._event_pb2 = summary, event_pb2
     folder = os.path.join(workdir, TENSORBOARD_DIR)
     os.makedirs(folder, exist_ok=True)
     self.events = event_file_writer.EventsWriter(os.path.join(folder, "events"),
@@ -88,8 +88,7 @@ class RunLog:
     if not self.writer:
       return
     self.json.write(record)
-    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
-    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    summary, event_pb2 = self._summary, self._event_pb2
     step = record["step"]
     summaries = [summary.scalar(name, value) for name, value in record.items() if name != "step"]
     if image is not None:
