@@ -11,7 +11,14 @@ one compiled program serves every size of a bucket, with the numbers of the padd
 (the model masks the rest of the bucket). ``exact_sizes=True``, and the ablations that take
 no masks, run each padded size as its own program instead. Within a process each program
 compiles once (jit's cache).
+
+Cores: on a CPU, each pair's selective scans (most of a fuse; one loop each, one core each)
+have their channels split over the host's devices (``scan.channel_mesh``): with one JAX CPU
+device per core (``host_cores.split_cpu``, which the fusing entry points call), every core
+scans a share. The rest of the program runs on every device alike.
 """
+
+import contextlib
 
 import dataclasses
 import hashlib
@@ -25,6 +32,7 @@ from flax import nnx
 from s4fusion_jax.evaluation import baselines
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.numerics import color
+from s4fusion_jax.numerics import scan
 from s4fusion_jax.numerics import sizes
 
 METHODS = tuple(baselines.METHODS)
@@ -40,15 +48,27 @@ def to_uint8(x):
 class Fuser:
   """Fuses uint8 pairs with an S4Fusion model or a baseline (one of ``METHODS``)."""
 
-  def __init__(self, model=None, method=None, exact_sizes=False):
-    """``exact_sizes``: one program per padded size instead of one per size bucket."""
+  def __init__(self, model=None, method=None, exact_sizes=False, devices=None):
+    """``exact_sizes``: one program per padded size instead of one per size bucket.
+
+    ``devices``: those a pair's scans split their channels over; default: every local device
+    on a CPU backend (see the module docstring), else the first.
+    """
     if (model is None) == (method is None):
       raise ValueError("give exactly one of a model and a method")
     if method is not None and method not in METHODS:
       raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     self.model, self.method = model, method
     self.bucketed = model is not None and model.takes_buckets and not exact_sizes
-    self._apply = nnx.jit(lambda m, a, b, valid: m(a, b, valid)) if model is not None else None
+    self.mesh = None
+    if model is None:
+      return
+    if devices is None:
+      devices = jax.local_devices()[:None if jax.default_backend() == "cpu" else 1]
+    if len(devices) > 1:
+      self.mesh = scan.channel_mesh(devices)
+    graphdef = nnx.graphdef(model)
+    self._apply = jax.jit(lambda s, a, b, valid: nnx.merge(graphdef, s)(a, b, valid))
 
   @classmethod
   def from_flags(cls, checkpoint_dir=None, method=None, scan_backend="auto", exact_sizes=False):
@@ -85,8 +105,14 @@ class Fuser:
     dtype = jnp.dtype(self.model.config.dtype)
     ir_p, vi_p = (jnp.asarray(np.pad(x[None], ((0, 0), *pads, (0, 0))), dtype)
                   for x in (ir, vi_y))
-    fused = self._apply(self.model, ir_p, vi_p,
-                        np.array([valid], np.int32) if self.bucketed else None)
+    state = nnx.state(self.model)
+    placement = contextlib.nullcontext()
+    if self.mesh is not None:  # the parameters on every device of the mesh
+      state = jax.device_put(state, jax.sharding.NamedSharding(self.mesh, jax.P()))
+      placement = jax.set_mesh(self.mesh)
+    with placement:
+      fused = self._apply(state, ir_p, vi_p,
+                          np.array([valid], np.int32) if self.bucketed else None)
     fused = np.asarray(fused, np.float32)[:, :valid[0], :valid[1]]  # on the host: no program
     return sizes.crop(fused, box)[0]
 
