@@ -1,6 +1,6 @@
 """What a user waits for before and while fusing: start-up, compilation, the cache, buckets.
 
-    python bench/startup.py [--pairs 40] [--repeats 3]    # about 25 minutes on 2 CPU cores
+    python bench/startup.py [--pairs 40] [--repeats 3]    # about 30 minutes on 2 CPU cores
 
 Every case is a fresh process, run on an otherwise idle CPU; short cases are repeated and
 their median shown, the evaluations run once. Seconds are wall time, also shown in units of
@@ -12,6 +12,12 @@ the ResNet50 forward on 4 x 229^2 x 3 measured in this run (the machines differ 
                starts this way), with the cache emptied, then warm
   fuse         ``python -m s4fusion_jax fuse`` of one random 481 x 637 pair, the whole command:
                with an emptied cache directory, then again with the cache the first filled
+  warm fuse    ``Fuser.fuse`` of that pair once compiled (the median of --repeats, with the
+               process CPU time / wall time): one CPU device per core as the fusing entry
+               points run it (``host_cores.split_cpu``), and one device (JAX_NUM_CPU_DEVICES=1)
+  train step   lowering and compiling the train step of configs/smoke.py (batch 8 x 61^2) and
+               of the default config (the full loss with a random ResNet50, batch 4 x 229^2:
+               compile time hardly depends on the batch), with an emptied cache, then warm
   evaluate     ``evaluate.py`` on the first --pairs pairs of roadscene_train with the bundled
                model: --exact_sizes or bucketed, each with an emptied and then a warm cache;
                programs compiled and read from the cache as evaluate.py counts them
@@ -47,8 +53,46 @@ IN_PROCESS = {
 }
 
 
-def in_process_case(name):
-  """Times one IN_PROCESS case in this (fresh) process; prints its seconds as JSON."""
+def warm_fuse(repeats):
+  """{seconds, cpu_per_wall} of ``Fuser.fuse`` of a random 481 x 637 pair, once compiled."""
+  from s4fusion_jax.evaluation import inference  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.runtime import host_cores  # pylint: disable=import-outside-toplevel
+  host_cores.split_cpu()  # as evaluate.py and ``fuse`` do; JAX_NUM_CPU_DEVICES=1 keeps one
+  fuser = inference.Fuser.from_flags()
+  rng = np.random.default_rng(0)
+  ir, vi = (rng.integers(0, 256, (481, 637, c), np.uint8) for c in (1, 3))
+  fuser.fuse(ir, vi)
+  runs = []
+  for _ in range(repeats):
+    cpu, start = time.process_time(), time.perf_counter()
+    fuser.fuse(ir, vi)
+    wall = time.perf_counter() - start
+    runs.append((wall, (time.process_time() - cpu) / wall))
+  wall, cpu_per_wall = sorted(runs)[len(runs) // 2]
+  return {"seconds": wall, "cpu_per_wall": cpu_per_wall}
+
+
+def train_step_compile(name):
+  """{seconds} to lower and compile the train step of configs/``name``.py, with the cache."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import throughput  # pylint: disable=import-outside-toplevel
+  from configs import default, smoke  # pylint: disable=import-outside-toplevel
+  compile_cache.enable()
+  config = {"smoke": smoke, "default": default}[name].get_config()
+  batch, size = (8, 61) if name == "smoke" else (4, 229)
+  step, step_args = throughput.train_case(batch, size, True, config)
+  start = time.perf_counter()
+  jax.jit(step).lower(*step_args).compile()
+  return {"seconds": time.perf_counter() - start}
+
+
+def in_process_case(name, repeats):
+  """Times one case in this (fresh) process; prints its seconds (and more) as JSON."""
+  if name == "warm_fuse":
+    return print(json.dumps(warm_fuse(repeats)))
+  if name.startswith("train_"):
+    return print(json.dumps(train_step_compile(name[len("train_"):])))
+  compile_cache.enable()  # as the entry points do (the "create" case reads and fills it)
   start = time.perf_counter()
   from flax import nnx  # pylint: disable=import-outside-toplevel,unused-import
   from s4fusion_jax.evaluation import inference  # pylint: disable=import-outside-toplevel,unused-import
@@ -61,12 +105,12 @@ def in_process_case(name):
   print(json.dumps({"seconds": seconds}))
 
 
-def timed_command(args, cache):
+def timed_command(args, cache, env=None):
   """(wall seconds, stdout) of a command run with ``cache`` as its compilation cache."""
   start = time.perf_counter()
   out = subprocess.run([sys.executable, *args], cwd=common.REPO, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": common.REPO, compile_cache.ENV: cache},
-                       check=False)
+                       env={**os.environ, "PYTHONPATH": common.REPO, compile_cache.ENV: cache,
+                            **(env or {})}, check=False)
   seconds = time.perf_counter() - start
   if out.returncode != 0:
     raise RuntimeError(f"{args} failed: {out.stderr[-2000:]}")
@@ -97,7 +141,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
   if args.case:
-    return in_process_case(args.case)
+    return in_process_case(args.case, args.repeats)
   work = tempfile.mkdtemp(prefix="s4fusion-startup-")
   cache = os.path.join(work, "cache")
   rows = []
@@ -119,6 +163,19 @@ def main():
     seconds, _ = timed_command(["-m", "s4fusion_jax", "fuse", "--ir", f"{work}/pair/ir/a.png",
                                 "--vi", f"{work}/pair/vi/a.png", "--out", f"{work}/a.png"], cache)
     rows.append({"case": f"fuse 481 x 637, {state} cache", "seconds": seconds, "programs": "-"})
+
+  for label, env in (("one CPU device per core", {}), ("one CPU device", {"JAX_NUM_CPU_DEVICES": "1"})):
+    case = json.loads(timed_command([__file__, "--case", "warm_fuse", f"--repeats={args.repeats}"],
+                                    cache, env)[1].splitlines()[-1])
+    rows.append({"case": f"warm fuse 481 x 637, {label} (CPU / wall {case['cpu_per_wall']:.2f})",
+                 "seconds": case["seconds"], "programs": "-"})
+  for config in ("smoke", "default"):
+    shutil.rmtree(cache, ignore_errors=True)
+    for state in ("empty", "warm"):
+      seconds = json.loads(timed_command([__file__, "--case", f"train_{config}"], cache)[1]
+                           .splitlines()[-1])["seconds"]
+      rows.append({"case": f"train step compile, configs/{config}.py, {state} cache",
+                   "seconds": seconds, "programs": "-"})
 
   names = sorted(os.listdir(os.path.join(DATA, "ir")))
   subset = os.path.join(work, "subset")

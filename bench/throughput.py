@@ -40,14 +40,19 @@ def resnet_case():
   return (lambda s, x: nnx.merge(graphdef, s)(x)), (state, uniform(0, (4, 229, 229, 3)))
 
 
-def train_case(batch, size, full_loss):
-  config = default.get_config()
-  if not full_loss:
-    config.loss.update(perceptual=False, weight_source="image_gradient")
-    config.model.remat = False
+def train_case(batch, size, full_loss, config=None):
+  """(step, args) of ``config``'s train step (default: the default config; without
+  ``full_loss`` its image-gradient loss with remat off); a random ResNet50 where the loss
+  uses one."""
+  if config is None:
+    config = default.get_config()
+    if not full_loss:
+      config.loss.update(perceptual=False, weight_source="image_gradient")
+      config.model.remat = False
   tx, schedule = train_step.make_optimizer(config)
   graphdef, state = trainer.create_train_state(config, tx)
-  net_graph, net_state = (nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0))) if full_loss
+  uses_resnet = config.loss.perceptual or config.loss.weight_source == "resnet50"
+  net_graph, net_state = (nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0))) if uses_resnet
                           else (None, None))
   images = {"ir": uniform(1, (batch, size, size, 1)), "vi": uniform(2, (batch, size, size, 1))}
   step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss)
