@@ -1,6 +1,6 @@
 """Three training steps of a tiny model on a fixed global batch, over all visible devices.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/dp_step.py OUT.npz
+    JAX_NUM_CPU_DEVICES=8 python tests/dp_step.py OUT.npz
 
 Used by test_training.py to compare 8 data-parallel CPU devices with 1, and to count the
 compiled step's collectives: data parallelism needs only all-reduces of the gradients, none

@@ -30,7 +30,7 @@ def test_eight_devices_match_one(tmp_path):
   for devices in (1, 8):
     out = tmp_path / f"dp{devices}.npz"
     proc = run(["tests/dp_step.py", str(out)],
-               env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+               env={"JAX_NUM_CPU_DEVICES": str(devices)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     results[devices] = np.load(out)
   one, eight = results[1], results[8]

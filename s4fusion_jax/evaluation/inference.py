@@ -12,14 +12,13 @@ one compiled program serves every size of a bucket, with the numbers of the padd
 no masks, run each padded size as its own program instead. Within a process each program
 compiles once (jit's cache).
 
-Cores: on a CPU, each pair's selective scans (most of a fuse; one loop each, one core each)
+Cores: on a CPU, each pair's selective scans (about half of a fuse; each a loop on one core)
 have their channels split over the host's devices (``scan.channel_mesh``): with one JAX CPU
 device per core (``host_cores.split_cpu``, which the fusing entry points call), every core
 scans a share. The rest of the program runs on every device alike.
 """
 
 import contextlib
-
 import dataclasses
 import hashlib
 import os
