@@ -105,3 +105,10 @@ def commit():
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
                           check=False).stdout.strip()
   return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain") else "")
+
+
+def random_pair(height=481, width=637, seed=0):
+  """A random uint8 pair as ``Fuser.fuse`` takes it: ir (H, W, 1), vi (H, W, 3)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  return tuple(rng.integers(0, 256, (height, width, c), np.uint8) for c in (1, 3))

@@ -23,21 +23,16 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 import common  # pylint: disable=wrong-import-order
 import throughput  # pylint: disable=wrong-import-order
-from configs import default, smoke  # pylint: disable=wrong-import-order
 from s4fusion_jax.evaluation import inference  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import resnet as resnet_lib  # pylint: disable=wrong-import-order
 from s4fusion_jax.objectives import losses  # pylint: disable=wrong-import-order
 from s4fusion_jax.training import train_step  # pylint: disable=wrong-import-order
-
-CONFIGS = {"smoke": (smoke, 8, 61), "default": (default, 4, 229)}
-
 
 def measure(fn, *args):
   """{lower_s, compile_s, instructions} of ``jax.jit(fn)`` at ``args``."""
@@ -52,9 +47,8 @@ def measure(fn, *args):
 
 def components(name):
   """The rows of one config: each component's ``measure``."""
-  module, batch, size = CONFIGS[name]
-  config = module.get_config()
-  step, (state, images, resnet_state) = throughput.train_case(batch, size, True, config)
+  config = throughput.CONFIG_STEPS[name][0].get_config()
+  step, (state, images, resnet_state) = throughput.config_step(name)
   graphdef, params, model_state = train_step.split_model(
       model_lib.S4Fusion(model_lib.ModelConfig(**config.model), rngs=nnx.Rngs(0)))
   forward = lambda p, a, b: nnx.merge(graphdef, p, model_state)(a, b)
@@ -86,8 +80,7 @@ def components(name):
 def fuse_row():
   """The bundled model's bucket program for one 481 x 637 pair."""
   fuser = inference.Fuser.from_flags()
-  rng = np.random.default_rng(0)
-  ir, vi = (rng.integers(0, 256, (481, 637, c), np.uint8) for c in (1, 3))
+  ir, vi = common.random_pair()
   start = time.perf_counter()
   fuser.fuse(ir, vi)  # trace, lower, compile, run
   first = time.perf_counter() - start
@@ -101,7 +94,8 @@ def fuse_row():
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", choices=list(CONFIGS), nargs="+", default=list(CONFIGS))
+  parser.add_argument("--config", choices=list(throughput.CONFIG_STEPS), nargs="+",
+                      default=list(throughput.CONFIG_STEPS))
   args = parser.parse_args()
   rows = [row for name in args.config for row in components(name)]
   rows.append(fuse_row())

@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from PIL import Image
 
 import common  # pylint: disable=wrong-import-order
@@ -59,8 +58,7 @@ def warm_fuse(repeats):
   from s4fusion_jax.runtime import host_cores  # pylint: disable=import-outside-toplevel
   host_cores.split_cpu()  # as evaluate.py and ``fuse`` do; JAX_NUM_CPU_DEVICES=1 keeps one
   fuser = inference.Fuser.from_flags()
-  rng = np.random.default_rng(0)
-  ir, vi = (rng.integers(0, 256, (481, 637, c), np.uint8) for c in (1, 3))
+  ir, vi = common.random_pair()
   fuser.fuse(ir, vi)
   runs = []
   for _ in range(repeats):
@@ -76,11 +74,8 @@ def train_step_compile(name):
   """{seconds} to lower and compile the train step of configs/``name``.py, with the cache."""
   import jax  # pylint: disable=import-outside-toplevel
   import throughput  # pylint: disable=import-outside-toplevel
-  from configs import default, smoke  # pylint: disable=import-outside-toplevel
   compile_cache.enable()
-  config = {"smoke": smoke, "default": default}[name].get_config()
-  batch, size = (8, 61) if name == "smoke" else (4, 229)
-  step, step_args = throughput.train_case(batch, size, True, config)
+  step, step_args = throughput.config_step(name)
   start = time.perf_counter()
   jax.jit(step).lower(*step_args).compile()
   return {"seconds": time.perf_counter() - start}
@@ -153,11 +148,9 @@ def main():
       name = "create, warm cache"
     rows.append({"case": name, "seconds": statistics.median(runs), "programs": "-"})
 
-  rng = np.random.default_rng(0)
-  for kind, channels in (("ir", 1), ("vi", 3)):
+  for kind, image in zip(("ir", "vi"), common.random_pair()):
     os.makedirs(os.path.join(work, "pair", kind))
-    Image.fromarray(rng.integers(0, 256, (481, 637, channels), np.uint8).squeeze()).save(
-        os.path.join(work, "pair", kind, "a.png"))
+    Image.fromarray(image.squeeze()).save(os.path.join(work, "pair", kind, "a.png"))
   shutil.rmtree(cache, ignore_errors=True)
   for state in ("empty", "warm"):
     seconds, _ = timed_command(["-m", "s4fusion_jax", "fuse", "--ir", f"{work}/pair/ir/a.png",

@@ -25,6 +25,7 @@ from flax import nnx
 import benchmark  # pylint: disable=wrong-import-order
 import common  # pylint: disable=wrong-import-order
 from configs import default  # pylint: disable=wrong-import-order
+from configs import smoke  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import resnet  # pylint: disable=wrong-import-order
 from s4fusion_jax.training import train_step  # pylint: disable=wrong-import-order
@@ -38,6 +39,17 @@ def uniform(key, shape):
 def resnet_case():
   graphdef, state = nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0)))
   return (lambda s, x: nnx.merge(graphdef, s)(x)), (state, uniform(0, (4, 229, 229, 3)))
+
+
+# The train steps of the shipped configs that the compile benches time: (config module, batch,
+# crop side); the default config's at batch 4 (its compile time hardly depends on the batch).
+CONFIG_STEPS = {"smoke": (smoke, 8, 61), "default": (default, 4, 229)}
+
+
+def config_step(name):
+  """(step, args) of ``CONFIG_STEPS[name]``'s train step, its config as shipped."""
+  module, batch, size = CONFIG_STEPS[name]
+  return train_case(batch, size, True, module.get_config())
 
 
 def train_case(batch, size, full_loss, config=None):
