@@ -17,6 +17,7 @@ from flax import nnx
 
 from s4fusion_jax.interop import torchvision
 from s4fusion_jax.interop import weights_io
+from s4fusion_jax.network import layers
 from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.network import resnet as resnet_lib
 
@@ -83,7 +84,7 @@ def load_model(path, **overrides) -> model_lib.S4Fusion:
       parameters are cast to ``param_dtype``.
   """
   config = read_model_config(path, **overrides)
-  abstract = nnx.eval_shape(lambda: model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
+  abstract = layers.abstract(model_lib.S4Fusion, config=config)
   model = restore_module(path, abstract)
   model.eval()  # BatchNorm (the "cnn" ablation) on its running statistics; model.train() undoes
   return model
@@ -121,8 +122,8 @@ def load_resnet(path, dtype="float32") -> resnet_lib.ResNet50:
       if meta.get("architecture") != "resnet50":
         raise ValueError(f"{path} holds {meta.get('architecture', 'an S4Fusion model')}, "
                          "not a ResNet50")
-      abstract = nnx.eval_shape(lambda: resnet_lib.ResNet50(
-          rngs=nnx.Rngs(0), num_classes=meta["num_classes"], param_dtype=dtype))
+      abstract = layers.abstract(resnet_lib.ResNet50, num_classes=meta["num_classes"],
+                                 param_dtype=dtype)
       return restore_module(path, abstract)
     return torchvision.from_torchvision_state_dict(weights_io.read_state_dict(path), dtype)
   except (FileNotFoundError, ValueError) as e:

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from s4fusion_jax.interop import weights_io
+from s4fusion_jax.network import layers
 from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import directions
 
@@ -186,7 +187,7 @@ def from_torch_state_dict(state_dict, dtype=jnp.float32, **config_overrides) -> 
   weights_io.check_x64(dtype)
   sd = _unwrap(state_dict)
   config = infer_config(sd, dtype=dtype.name, param_dtype=dtype.name, **config_overrides)
-  model = nnx.eval_shape(lambda: model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
+  model = layers.abstract(model_lib.S4Fusion, config=config)
   return weights_io.load_into(model, name_table(config), sd, dtype, what="S4Fusion",
                               ignored=[PREFIX + n for n in IGNORED])
 

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from s4fusion_jax.interop import weights_io
+from s4fusion_jax.network import layers
 from s4fusion_jax.network.resnet import ResNet50
 
 
@@ -39,7 +40,6 @@ def from_torchvision_state_dict(state_dict, dtype=jnp.float32) -> ResNet50:
   weights_io.check_x64(dtype)
   sd = {k: np.asarray(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
   num_classes = sd["fc.weight"].shape[0] if "fc.weight" in sd else 1000
-  model = nnx.eval_shape(lambda: ResNet50(rngs=nnx.Rngs(0), num_classes=num_classes,
-                                          param_dtype=dtype))
+  model = layers.abstract(ResNet50, num_classes=num_classes, param_dtype=dtype)
   table = [(path, *_torch_name(path)) for path, _ in nnx.to_flat_state(nnx.state(model))]
   return weights_io.load_into(model, table, sd, dtype, what="ResNet50")

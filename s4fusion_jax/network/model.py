@@ -152,9 +152,13 @@ class DecoderStage(nnx.Module):
 
 
 class S4Fusion(nnx.Module):
-  """S4Fusion: two VMamba encoders, CMSA fusion of the skips, one VMamba decoder."""
+  """S4Fusion: two VMamba encoders, CMSA fusion of the skips, one VMamba decoder.
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  ``rngs``: an ``nnx.Rngs``, or anything whose ``params()`` returns a new key
+  (``layers.ParamKeys``: the same keys, cheaper under a trace).
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs):
     self.config = config
     dtypes = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
     kw = dict(expand=config.expand, backend=config.scan_backend, chunk=config.scan_chunk,
@@ -282,8 +286,8 @@ def create(config: ModelConfig, seed=0) -> S4Fusion:
   programs (about 15 s for the default model on a 2-core CPU); here construction is traced
   once and compiled as one program, which the persistent compilation cache keeps (the seed is
   an argument: every seed shares it; in one process, each config compiles once). Same random
-  streams, so the same parameters up to XLA fusing the initialisers' arithmetic differently
-  (within a few float32 ulps).
+  keys (``layers.ParamKeys``), so the same parameters up to XLA fusing the initialisers'
+  arithmetic differently (within a few float32 ulps).
   """
   return _constructor(config)(jax.random.key(seed))
 
@@ -291,7 +295,7 @@ def create(config: ModelConfig, seed=0) -> S4Fusion:
 @functools.lru_cache(maxsize=16)
 def _constructor(config: ModelConfig):
   """The jitted constructor of ``config``'s models: one compile per config and process."""
-  return nnx.jit(lambda key: S4Fusion(config, rngs=nnx.Rngs(key)))
+  return nnx.jit(lambda key: S4Fusion(config, rngs=layers.ParamKeys(key)))
 
 
 def count_params(model: S4Fusion) -> int:
