@@ -13,6 +13,7 @@ from conftest import reference_state_dict
 from s4fusion_jax import __main__ as cli
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.interop import reference
+from s4fusion_jax.network import layers
 from s4fusion_jax.network import model as model_lib
 
 TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
@@ -35,8 +36,10 @@ def test_default_config_builds_the_released_sizes():
   import configs.default  # pylint: disable=import-outside-toplevel
   config = model_lib.ModelConfig(**configs.default.get_config().model)
   assert config == model_lib.ModelConfig()
-  model = nnx.eval_shape(lambda: model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
+  model = layers.abstract(model_lib.S4Fusion, config=config)  # load_model's abstract model
   assert model_lib.count_params(model) == 3_562_957
+  assert nnx.graphdef(model) == nnx.graphdef(nnx.eval_shape(
+      lambda: model_lib.S4Fusion(config, rngs=nnx.Rngs(0))))
 
 
 def test_create_initialises_as_the_constructor_does():
