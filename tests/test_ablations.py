@@ -18,6 +18,7 @@ from s4fusion_jax.evaluation import ablation
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.interop import reference
 from s4fusion_jax.network import fusion_variants
+from s4fusion_jax.network import layers
 from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.network import ss2d
 from s4fusion_jax.training import train_step
@@ -30,8 +31,7 @@ RELEASED = 3_562_957
 
 def full_size_count(variant):
   config = model_lib.ModelConfig(**ablations.get_config(variant).model)
-  return model_lib.count_params(
-      nnx.eval_shape(lambda: model_lib.S4Fusion(config, rngs=nnx.Rngs(0))))
+  return model_lib.count_params(layers.abstract(model_lib.S4Fusion, config=config))
 
 
 def test_full_size_parameter_counts():

@@ -14,6 +14,7 @@ from flax import nnx
 from conftest import REPO, one_train_step, reference_state_dict, rel_err, shared_path
 from configs import smoke
 from s4fusion_jax.interop import reference
+from s4fusion_jax.network import layers
 from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.network import resnet as resnet_lib
 from s4fusion_jax.training import train_step
@@ -43,8 +44,7 @@ def test_fuse_lowers_with_the_platforms_auto_scan(platform):
   forms = {}
   for target in ("cpu", platform):
     config = model_lib.ModelConfig(**TINY, scan_backend="auto", scan_platform=target)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: model_lib.S4Fusion(
-        config, rngs=nnx.Rngs(0))))
+    graphdef, state = nnx.split(layers.abstract(model_lib.S4Fusion, config=config))
     fn = fuse_fn(graphdef)
     forms[target] = scan_forms(jax.make_jaxpr(fn)(abstract(state), *images))
     if target == platform:
@@ -57,7 +57,7 @@ def test_fuse_lowers_with_the_platforms_auto_scan(platform):
 
 def test_full_train_step_lowers_for_cuda_and_tpu():
   """The whole step (ResNet50 entropy and weights, random ResNet50) for each platform."""
-  net = nnx.eval_shape(lambda: resnet_lib.ResNet50(rngs=nnx.Rngs(0)))
+  net = layers.abstract(resnet_lib.ResNet50)
   resnet_graphdef, resnet_state = nnx.split(net)
   batch = {k: jax.ShapeDtypeStruct((2, 25, 25, 1), jnp.float32) for k in ("ir", "vi")}
   inner_loops = {}
@@ -89,7 +89,7 @@ def test_full_train_step_lowers_for_cuda_and_tpu():
 def test_bfloat16_compute_stays_within_2e_2_of_float32(paper_golden):
   f32 = reference.from_torch_state_dict(reference_state_dict(paper_golden))
   config = dataclasses.replace(f32.config, dtype="bfloat16")
-  bf16 = nnx.eval_shape(lambda: model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
+  bf16 = layers.abstract(model_lib.S4Fusion, config=config)
   nnx.update(bf16, nnx.state(f32))  # parameters stay float32
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(bf16)))
   ir, vi = (jnp.asarray(paper_golden[f"input/{m}"].transpose(0, 2, 3, 1)) for m in ("ir", "vi"))
