@@ -29,10 +29,12 @@ from flax import nnx
 import common  # pylint: disable=wrong-import-order
 import throughput  # pylint: disable=wrong-import-order
 from s4fusion_jax.evaluation import inference  # pylint: disable=wrong-import-order
+from s4fusion_jax.network import layers  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import resnet as resnet_lib  # pylint: disable=wrong-import-order
 from s4fusion_jax.objectives import losses  # pylint: disable=wrong-import-order
 from s4fusion_jax.training import train_step  # pylint: disable=wrong-import-order
+
 
 def measure(fn, *args):
   """{lower_s, compile_s, instructions} of ``jax.jit(fn)`` at ``args``."""
@@ -50,10 +52,10 @@ def components(name):
   config = throughput.CONFIG_STEPS[name][0].get_config()
   step, (state, images, resnet_state) = throughput.config_step(name)
   graphdef, params, model_state = train_step.split_model(
-      model_lib.S4Fusion(model_lib.ModelConfig(**config.model), rngs=nnx.Rngs(0)))
+      model_lib.create(model_lib.ModelConfig(**config.model)))
   forward = lambda p, a, b: nnx.merge(graphdef, p, model_state)(a, b)
   model_grad = jax.grad(lambda p, a, b: jnp.mean(forward(p, a, b)))
-  resnet_graph = nnx.graphdef(resnet_lib.ResNet50(rngs=nnx.Rngs(0))) if resnet_state else None
+  resnet_graph = nnx.graphdef(layers.abstract(resnet_lib.ResNet50)) if resnet_state else None
   loss = lambda f, net: losses.objective(
       images["ir"], images["vi"], f, config.loss,
       nnx.merge(resnet_graph, net) if resnet_graph is not None else None)[0]
