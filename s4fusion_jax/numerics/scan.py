@@ -115,15 +115,26 @@ def _step(h, dt_t, A, p_t, q_t):
   return _decay(dt_t, A) * h + p_t * q_t[..., None]
 
 
-def _outputs_sequential(h0, dt, A, p, B, C):
-  """(h_T, y) with y_t = C_t . h_t, by a ``lax.scan``; see ``_states`` for the shapes."""
+def _outputs_sequential(h0, dt, A, u, B, C):
+  """(h_T, y) with y_t = C_t . h_t, by a ``lax.scan``; shapes as ``_states``'s, with u
+  (T, b, G, D) in place of p: the drive p_t = dt_t u_t is formed inside the loop (no (T, b, G, D)
+  array of it is written).
 
-  def step(h, inputs):
-    dt_t, p_t, B_t, C_t = inputs  # (b, G, D), (b, G, D), (N, b, G), (N, b, G)
-    h = _step(h, dt_t, A, p_t, B_t)
-    return h, _sum_over_n(h * C_t[..., None], 0)
+  C_t reaches step t through the carry, sliced one step ahead. XLA:CPU fuses y_t = C_t . h_t
+  into the in-place write of the stacked outputs; with C_t sliced inside that write, LLVM
+  reloads the step index for every element and the write runs as a scalar loop. Read from the
+  carry, it vectorises: the same values, the scan at SS2D's shapes (N = 12) 1.4-1.7x faster.
+  """
 
-  return jax.lax.scan(step, h0, (dt, p, B, C))
+  def step(carry, inputs):
+    h, C_t = carry
+    dt_t, u_t, B_t, C_next = inputs  # (b, G, D), (b, G, D), (N, b, G), (N, b, G)
+    h = _step(h, dt_t, A, dt_t * u_t, B_t)
+    return (h, C_next), _sum_over_n(h * C_t[..., None], 0)
+
+  C_next = jnp.concatenate([C[1:], C[:1]])
+  (h, _), y = jax.lax.scan(step, (h0, C[0]), (dt, u, B, C_next))
+  return h, y
 
 
 def _combine(left, right):
@@ -160,9 +171,9 @@ def _states(h0, dt, A, p, q, inner, reverse=False):
   return h + decay * h0
 
 
-def _outputs_associative(h0, dt, A, p, B, C):
-  """(h_T, y) with y_t = C_t . h_t, by ``lax.associative_scan``."""
-  h = _states(h0, dt, A, p, B, ScanBackend.ASSOCIATIVE)
+def _outputs_associative(h0, dt, A, u, B, C):
+  """(h_T, y) with y_t = C_t . h_t, by ``lax.associative_scan``; arguments as the sequential's."""
+  h = _states(h0, dt, A, dt * u, B, ScanBackend.ASSOCIATIVE)
   return h[-1], _sum_over_n(h * C[..., None], 1)
 
 
@@ -215,7 +226,7 @@ def _chunked_fwd(u, delta, A, B, C, D, delta_bias, inner):
 
   def chunk(h, inputs):
     u_k, dt_k, B_k, C_k = inputs
-    h_last, y_k = _OUTPUTS[inner](h, dt_k, A, dt_k * u_k, B_k, C_k)
+    h_last, y_k = _OUTPUTS[inner](h, dt_k, A, u_k, B_k, C_k)
     return h_last, (y_k + D * u_k, h)
 
   h0 = jnp.zeros((A.shape[0], *u.shape[2:]), u.dtype)
@@ -318,7 +329,7 @@ def _fast_forward(u, delta, A, B, C, D, delta_bias, forward, inner, chunk):
   ``grad``, the chunked scan's forward pass (chunk-start states kept) and its backward."""
   dt = jax.nn.softplus(delta + delta_bias)
   h0 = jnp.zeros((A.shape[0], *u.shape[1:]), u.dtype)
-  return _OUTPUTS[forward](h0, dt, A, dt * u, B, C)[1] + D * u
+  return _OUTPUTS[forward](h0, dt, A, u, B, C)[1] + D * u
 
 
 def _fast_forward_fwd(u, delta, A, B, C, D, delta_bias, forward, inner, chunk):
@@ -407,7 +418,7 @@ def _scan(u, delta, A, B, C, D, delta_bias, *, backend, chunk, platform):
     return jnp.moveaxis(y, 0, 1)
   delta_t = jax.nn.softplus(delta_t + delta_bias)
   h0 = jnp.zeros((A.shape[0], batch, *A.shape[1:]), u.dtype)
-  y = _OUTPUTS[forward](h0, delta_t, A, delta_t * u_t, B_t, C_t)[1]
+  y = _OUTPUTS[forward](h0, delta_t, A, u_t, B_t, C_t)[1]
   return jnp.moveaxis(y, 0, 1) + D * u
 
 
