@@ -322,14 +322,19 @@ def _unsplit(x, length):
   return x.reshape(-1, *x.shape[2:])[:length]
 
 
+def _forward(u, delta, A, B, C, D, delta_bias, forward):
+  """y over a whole time-major sequence (L, ...) by the ``forward`` backend (autodiff only)."""
+  dt = jax.nn.softplus(delta + delta_bias)
+  h0 = jnp.zeros((A.shape[0], *u.shape[1:]), u.dtype)
+  return _OUTPUTS[forward](h0, dt, A, u, B, C)[1] + D * u
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _fast_forward(u, delta, A, B, C, D, delta_bias, forward, inner, chunk):
   """``auto`` where one backend is the fastest forward and the chunked scan the fastest under
   ``grad``: the values of ``forward`` over the whole time-major sequence (L, ...); under
   ``grad``, the chunked scan's forward pass (chunk-start states kept) and its backward."""
-  dt = jax.nn.softplus(delta + delta_bias)
-  h0 = jnp.zeros((A.shape[0], *u.shape[1:]), u.dtype)
-  return _OUTPUTS[forward](h0, dt, A, u, B, C)[1] + D * u
+  return _forward(u, delta, A, B, C, D, delta_bias, forward)
 
 
 def _fast_forward_fwd(u, delta, A, B, C, D, delta_bias, forward, inner, chunk):
@@ -403,7 +408,7 @@ def _scan(u, delta, A, B, C, D, delta_bias, *, backend, chunk, platform):
   """``selective_scan`` of inputs already cast to the state dtype and masked."""
   forward = resolve_backend(backend, platform)
   trained = resolve_backend(backend, platform, differentiated=True)
-  batch, length = u.shape[:2]
+  length = u.shape[1]
   u_t, delta_t = (jnp.moveaxis(x, 1, 0) for x in (u, delta))     # (L, b, G, D)
   B_t, C_t = (jnp.transpose(x, (1, 3, 0, 2)) for x in (B, C))    # (L, N, b, G)
   A = jnp.moveaxis(A, -1, 0)                                     # (N, G, D)
@@ -416,10 +421,7 @@ def _scan(u, delta, A, B, C, D, delta_bias, *, backend, chunk, platform):
   if trained == ScanBackend.CHUNKED:
     y = _fast_forward(u_t, delta_t, A, B_t, C_t, D, delta_bias, forward, inner, chunk)
     return jnp.moveaxis(y, 0, 1)
-  delta_t = jax.nn.softplus(delta_t + delta_bias)
-  h0 = jnp.zeros((A.shape[0], batch, *A.shape[1:]), u.dtype)
-  y = _OUTPUTS[forward](h0, delta_t, A, u_t, B_t, C_t)[1]
-  return jnp.moveaxis(y, 0, 1) + D * u
+  return jnp.moveaxis(_forward(u_t, delta_t, A, B_t, C_t, D, delta_bias, forward), 0, 1)
 
 
 def channel_mesh(devices):
