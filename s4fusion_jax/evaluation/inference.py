@@ -51,7 +51,8 @@ class Fuser:
     """``exact_sizes``: one program per padded size instead of one per size bucket.
 
     ``devices``: those a pair's scans split their channels over; default: every local device
-    on a CPU backend (see the module docstring), else the first.
+    on a CPU backend (see the module docstring), else the first. The model's parameters are
+    placed on them once, here: changes to ``model`` afterwards do not reach this Fuser.
     """
     if (model is None) == (method is None):
       raise ValueError("give exactly one of a model and a method")
@@ -64,8 +65,10 @@ class Fuser:
       return
     if devices is None:
       devices = jax.local_devices()[:None if jax.default_backend() == "cpu" else 1]
+    self._state = nnx.state(model)  # the parameters (and any statistics) as of now
     if len(devices) > 1:
       self.mesh = scan.channel_mesh(devices)
+      self._state = jax.device_put(self._state, jax.sharding.NamedSharding(self.mesh, jax.P()))
     graphdef = nnx.graphdef(model)
     self._apply = jax.jit(lambda s, a, b, valid: nnx.merge(graphdef, s)(a, b, valid))
 
@@ -88,7 +91,7 @@ class Fuser:
     if self.method is not None:
       return {"method": self.method}
     digest = hashlib.sha256()
-    for path, leaf in jax.tree.leaves_with_path(nnx.state(self.model)):
+    for path, leaf in jax.tree.leaves_with_path(self._state):
       leaf = np.asarray(leaf)
       digest.update(f"{jax.tree_util.keystr(path)} {leaf.dtype} {leaf.shape}".encode())
       digest.update(leaf.tobytes())
@@ -104,13 +107,9 @@ class Fuser:
     dtype = jnp.dtype(self.model.config.dtype)
     ir_p, vi_p = (jnp.asarray(np.pad(x[None], ((0, 0), *pads, (0, 0))), dtype)
                   for x in (ir, vi_y))
-    state = nnx.state(self.model)
-    placement = contextlib.nullcontext()
-    if self.mesh is not None:  # the parameters on every device of the mesh
-      state = jax.device_put(state, jax.sharding.NamedSharding(self.mesh, jax.P()))
-      placement = jax.set_mesh(self.mesh)
+    placement = contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
     with placement:
-      fused = self._apply(state, ir_p, vi_p,
+      fused = self._apply(self._state, ir_p, vi_p,
                           np.array([valid], np.int32) if self.bucketed else None)
     fused = np.asarray(fused, np.float32)[:, :valid[0], :valid[1]]  # on the host: no program
     return sizes.crop(fused, box)[0]
