@@ -323,7 +323,8 @@ def _unsplit(x, length):
 
 
 def _forward(u, delta, A, B, C, D, delta_bias, forward):
-  """y over a whole time-major sequence (L, ...) by the ``forward`` backend (autodiff only)."""
+  """y over a whole time-major sequence (L, ...) by the ``forward`` backend; its gradient is
+  autodiff's (``_fast_forward`` wraps it with the chunked scan's instead)."""
   dt = jax.nn.softplus(delta + delta_bias)
   h0 = jnp.zeros((A.shape[0], *u.shape[1:]), u.dtype)
   return _OUTPUTS[forward](h0, dt, A, u, B, C)[1] + D * u
