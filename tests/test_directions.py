@@ -16,6 +16,15 @@ def test_paths_are_row_major_column_major_and_their_reverses():
   np.testing.assert_array_equal(paths[0, :, 3, 0], x[0, :, :, 0].T.reshape(-1)[::-1])
 
 
+def test_each_direction_reads_its_own_map():
+  x = np.asarray(jax.random.normal(jax.random.key(1), (2, 3, 5, 4, 2)))
+  paths = np.asarray(directions.flatten_each_direction(x))
+  assert paths.shape == (2, 15, 4, 2)
+  for k in range(4):
+    np.testing.assert_array_equal(paths[:, :, k],
+                                  np.asarray(directions.flatten_directions(x[..., k, :]))[:, :, k])
+
+
 def test_merge_maps_every_path_back_to_its_pixel():
   x = np.asarray(jax.random.normal(jax.random.key(0), (2, 5, 7, 3)))
   merged = directions.merge_directions(directions.flatten_directions(x), 5, 7)

@@ -53,8 +53,8 @@ class PairedScanMixer(ss2d.GatedScanMixer):
     out = []
     for x, x_proj in ((ir, self.x_proj_ir), (vi, self.x_proj_vi)):
       u, z = self.enter(x, mask)
-      xs = directions.flatten_directions(u)
-      out.append((u, xs, ss2d.project_dbc(xs, x_proj[...], self.dt_rank, self.d_state), z))
+      out.append((u, directions.flatten_directions(u),
+                  ss2d.project_dbc(u, x_proj[...], self.dt_rank, self.d_state), z))
     return out
 
   def leave_pair(self, ys, zs, height, width):

@@ -39,18 +39,24 @@ def default_dt_rank(d_model):
   return math.ceil(d_model / 16)
 
 
-def project_dbc(xs, weight, dt_rank, d_state):
-  """The per-direction projection x -> (dt, B, C).
+def project_dbc(u, weight, dt_rank, d_state):
+  """The per-direction projection x -> (dt, B, C) of the four paths of the map ``u``.
 
   Args:
-    xs: (batch, L, G, D) the scanned sequences.
-    weight: (G, D, dt_rank + 2 N).
+    u: (batch, H, W, D) the map whose paths are scanned (``directions.flatten_directions``).
+    weight: (G, D, dt_rank + 2 N), G = 4 directions.
 
   Returns:
     dt_low (batch, L, G, dt_rank), B (batch, L, G, N), C (batch, L, G, N).
+
+  The projection is position-wise, so it is one matmul over the map's H W positions (for all
+  four directions' weights at once), flattened afterwards: the same products as projecting
+  each path's sequence, which XLA:CPU computes as a matmul batched over the directions, reading
+  and writing transposed copies of the (batch, L, 4, D) sequences (26 ms against 4 ms at
+  180 x 224 x 72).
   """
-  dbc = jnp.einsum("blgd,gdc->blgc", xs, weight.astype(xs.dtype))
-  return jnp.split(dbc, [dt_rank, dt_rank + d_state], axis=-1)
+  dbc = jnp.einsum("bhwd,gdc->bhwgc", u, weight.astype(u.dtype))
+  return jnp.split(directions.flatten_each_direction(dbc), [dt_rank, dt_rank + d_state], axis=-1)
 
 
 def _dt_bias_init(key, shape, dtype):
@@ -139,8 +145,8 @@ class SS2D(GatedScanMixer):
     """(batch, H, W, C) and an optional mask (batch, H, W) -> (batch, H, W, C)."""
     _, height, width, _ = x.shape
     u, z = self.enter(x, mask)
-    xs = directions.flatten_directions(u)
-    y = self.ssm(xs, *project_dbc(xs, self.x_proj[...], self.dt_rank, self.d_state),
+    y = self.ssm(directions.flatten_directions(u),
+                 *project_dbc(u, self.x_proj[...], self.dt_rank, self.d_state),
                  mask=directions.sequence_mask(mask))
     return self.leave(directions.merge_directions(y, height, width), z)
 

@@ -25,6 +25,19 @@ def flatten_directions(x):
   return jnp.concatenate([forward, jnp.flip(forward, axis=1)], axis=2)
 
 
+def flatten_each_direction(x):
+  """(batch, H, W, 4, C) -> (batch, L, 4, C): path k of the map ``x[..., k, :]``, for each k.
+
+  For a position-wise function f with one form per path (a projection with weights per
+  direction), ``flatten_each_direction(f_k(x))`` is ``f_k(flatten_directions(x))``.
+  """
+  batch, height, width, _, channels = x.shape
+  rows = x.reshape(batch, height * width, NUM_DIRECTIONS, channels)
+  cols = jnp.swapaxes(x, 1, 2).reshape(batch, height * width, NUM_DIRECTIONS, channels)
+  return jnp.stack([rows[:, :, 0], cols[:, :, 1], jnp.flip(rows[:, :, 2], axis=1),
+                    jnp.flip(cols[:, :, 3], axis=1)], axis=2)
+
+
 def sequence_mask(mask):
   """A map mask (batch, H, W) -> the four paths' mask (batch, L, 4, 1); None stays None."""
   return None if mask is None else flatten_directions(mask[..., None])
