@@ -20,7 +20,6 @@ from absl import logging
 from s4fusion_jax.evaluation import evaluator
 from s4fusion_jax.evaluation import inference
 from s4fusion_jax.runtime import compile_cache
-from s4fusion_jax.runtime import host_cores
 
 flags.DEFINE_string("data", None, "a folder with ir/ and vi/, or a prepared TFDS dataset dir",
                     required=True)
@@ -43,7 +42,6 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
   compile_cache.enable()
-  host_cores.split_cpu()
   compiles = compile_cache.CompileLog()
   try:
     fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend, f.exact_sizes)

@@ -13,8 +13,9 @@ the ResNet50 forward on 4 x 229^2 x 3 measured in this run (the machines differ 
   fuse         ``python -m s4fusion_jax fuse`` of one random 481 x 637 pair, the whole command:
                with an emptied cache directory, then again with the cache the first filled
   warm fuse    ``Fuser.fuse`` of that pair once compiled (the median of --repeats, with the
-               process CPU time / wall time): one CPU device per core as the fusing entry
-               points run it (``host_cores.split_cpu``), and one device (JAX_NUM_CPU_DEVICES=1)
+               process CPU time / wall time): on one device, as the fusing entry points run
+               it, and with its scans split over one CPU device per core
+               (``host_cores.split_cpu``, ``Fuser(devices=...)``)
   train step   lowering and compiling the train step of configs/smoke.py (batch 8 x 61^2) and
                of the default config (the full loss with a random ResNet50, batch 4 x 229^2:
                compile time hardly depends on the batch), with an emptied cache, then warm
@@ -52,12 +53,17 @@ IN_PROCESS = {
 }
 
 
-def warm_fuse(repeats):
-  """{seconds, cpu_per_wall} of ``Fuser.fuse`` of a random 481 x 637 pair, once compiled."""
+def warm_fuse(repeats, split):
+  """{seconds, cpu_per_wall} of ``Fuser.fuse`` of a random 481 x 637 pair, once compiled; with
+  ``split``, its scans split over one CPU device per core."""
+  import jax  # pylint: disable=import-outside-toplevel
   from s4fusion_jax.evaluation import inference  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.interop import checkpoint  # pylint: disable=import-outside-toplevel
   from s4fusion_jax.runtime import host_cores  # pylint: disable=import-outside-toplevel
-  host_cores.split_cpu()  # as evaluate.py and ``fuse`` do; JAX_NUM_CPU_DEVICES=1 keeps one
-  fuser = inference.Fuser.from_flags()
+  if split:
+    host_cores.split_cpu()
+  fuser = inference.Fuser(checkpoint.load_model(inference.BUNDLED_MODEL),
+                          devices=jax.local_devices() if split else None)
   ir, vi = common.random_pair()
   fuser.fuse(ir, vi)
   runs = []
@@ -83,8 +89,8 @@ def train_step_compile(name):
 
 def in_process_case(name, repeats):
   """Times one case in this (fresh) process; prints its seconds (and more) as JSON."""
-  if name == "warm_fuse":
-    return print(json.dumps(warm_fuse(repeats)))
+  if name.startswith("warm_fuse"):
+    return print(json.dumps(warm_fuse(repeats, split=name == "warm_fuse_split")))
   if name.startswith("train_"):
     return print(json.dumps(train_step_compile(name[len("train_"):])))
   compile_cache.enable()  # as the entry points do (the "create" case reads and fills it)
@@ -157,9 +163,10 @@ def main():
                                 "--vi", f"{work}/pair/vi/a.png", "--out", f"{work}/a.png"], cache)
     rows.append({"case": f"fuse 481 x 637, {state} cache", "seconds": seconds, "programs": "-"})
 
-  for label, env in (("one CPU device per core", {}), ("one CPU device", {"JAX_NUM_CPU_DEVICES": "1"})):
-    case = json.loads(timed_command([__file__, "--case", "warm_fuse", f"--repeats={args.repeats}"],
-                                    cache, env)[1].splitlines()[-1])
+  for label, name in (("one device", "warm_fuse"), ("scans split over a device per core",
+                                                   "warm_fuse_split")):
+    case = json.loads(timed_command([__file__, "--case", name, f"--repeats={args.repeats}"],
+                                    cache)[1].splitlines()[-1])
     rows.append({"case": f"warm fuse 481 x 637, {label} (CPU / wall {case['cpu_per_wall']:.2f})",
                  "seconds": case["seconds"], "programs": "-"})
   for config in ("smoke", "default"):

@@ -250,9 +250,6 @@ def main(argv=None):
     if args.run in COMPILING:
       from s4fusion_jax.runtime import compile_cache  # pylint: disable=import-outside-toplevel
       compile_cache.enable()
-    if args.run in (_fuse, _demo):
-      from s4fusion_jax.runtime import host_cores  # pylint: disable=import-outside-toplevel
-      host_cores.split_cpu()
     args.run(args)
   except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -79,10 +79,9 @@ os.environ["S4FUSION_COMPILE_CACHE"] = CACHE["JAX_COMPILATION_CACHE_DIR"]
 compile_cache.enable()
 
 
-# The suite's two pytest workers already keep both cores busy, so the entry points run by
-# tests keep one JAX CPU device (not one per core, host_cores.split_cpu): a pair's fuse split
-# over two devices does ~17% more work in all (the rest of the program runs on both), which
-# only pays on an otherwise idle machine. test_host_cores.py tests the split itself.
+# The entry points run by tests keep one JAX CPU device, as they do by default (a user's
+# XLA_FLAGS asking for more devices does not reach them). test_host_cores.py tests the split
+# of a fuse's scans over several devices.
 ONE_DEVICE = {"JAX_NUM_CPU_DEVICES": "1"}
 
 

@@ -1,4 +1,4 @@
-"""One CPU device per core: a pair's scans split their channels over the host's devices."""
+"""One CPU device per core, and a pair's scans split their channels over the host's devices."""
 
 import subprocess
 import sys
@@ -53,8 +53,8 @@ SPLIT_SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     ir = rng.integers(0, 256, (50, 70, 1), np.uint8)
     vi = rng.integers(0, 256, (50, 70, 3), np.uint8)
-    split, single = inference.Fuser(model=model), inference.Fuser(model=model, devices=jax.devices()[:1])
-    assert split.mesh is not None and single.mesh is None
+    split, single = inference.Fuser(model=model, devices=jax.devices()), inference.Fuser(model=model)
+    assert split.mesh is not None and single.mesh is None  # one device unless asked
     y_split, y_single = (f.fuse_y(ir / np.float32(255), vi[..., :1] / np.float32(255))
                          for f in (split, single))
     assert np.abs(y_split - y_single).max() <= 1e-5 * np.abs(y_single).max()

@@ -12,10 +12,11 @@ one compiled program serves every size of a bucket, with the numbers of the padd
 no masks, run each padded size as its own program instead. Within a process each program
 compiles once (jit's cache).
 
-Cores: on a CPU, each pair's selective scans (about half of a fuse; each a loop on one core)
-have their channels split over the host's devices (``scan.channel_mesh``): with one JAX CPU
-device per core (``host_cores.split_cpu``, which the fusing entry points call), every core
-scans a share. The rest of the program runs on every device alike.
+Devices: a Fuser runs on one device (the first), where XLA spreads the large operations over
+the host's cores. ``devices=[...]`` splits each pair's selective scans (each a loop on one
+core) over several (``scan.channel_mesh``; on a CPU, ``host_cores.split_cpu`` first makes one
+device per core), the rest of the program running on every device alike: on this project's
+2-core CPU that measured slower than one device (docs/fusing.md).
 """
 
 import contextlib
@@ -50,9 +51,9 @@ class Fuser:
   def __init__(self, model=None, method=None, exact_sizes=False, devices=None):
     """``exact_sizes``: one program per padded size instead of one per size bucket.
 
-    ``devices``: those a pair's scans split their channels over; default: every local device
-    on a CPU backend (see the module docstring), else the first. The model's parameters are
-    placed on them once, here: changes to ``model`` afterwards do not reach this Fuser.
+    ``devices``: those a pair's scans split their channels over (see the module docstring);
+    default: the first local device alone. The model's parameters are placed on them once,
+    here: changes to ``model`` afterwards do not reach this Fuser.
     """
     if (model is None) == (method is None):
       raise ValueError("give exactly one of a model and a method")
@@ -63,8 +64,7 @@ class Fuser:
     self.mesh = None
     if model is None:
       return
-    if devices is None:
-      devices = jax.local_devices()[:None if jax.default_backend() == "cpu" else 1]
+    devices = devices or jax.local_devices()[:1]
     self._state = nnx.state(model)  # the parameters (and any statistics) as of now
     if len(devices) > 1:
       self.mesh = scan.channel_mesh(devices)

@@ -1,11 +1,10 @@
 """One JAX CPU device per core, so that work split over devices runs on every core.
 
 JAX's CPU backend has one device unless asked for more, and XLA:CPU runs each loop of a
-program (a selective scan is one) on one thread: on one device, a fuse keeps one core busy
-while the scans run. ``split_cpu()``, which evaluate.py and ``python -m s4fusion_jax fuse /
-demo`` call before JAX starts its backend, asks for one device per core this process may use;
-``inference.Fuser`` then splits each scan's channels over them. Training does not call it:
-its devices are the data-parallel mesh a user chooses.
+program (a selective scan is one) on one thread. ``split_cpu()``, called before JAX starts its
+backend, asks for one device per core this process may use, over which
+``inference.Fuser(model, devices=jax.local_devices())`` splits each scan's channels. The entry
+points do not call it: on this project's 2-core CPU one device fuses faster (docs/fusing.md).
 
 ``JAX_NUM_CPU_DEVICES=1`` (JAX's own variable) keeps one device.
 """
