@@ -16,13 +16,16 @@ import jax.numpy as jnp
 NUM_DIRECTIONS = 4
 
 
+def _path(x, k):
+  """Path k of a (batch, H, W, C) map: (batch, L, C)."""
+  batch, height, width, channels = x.shape
+  sequence = (jnp.swapaxes(x, 1, 2) if k % 2 else x).reshape(batch, height * width, channels)
+  return jnp.flip(sequence, axis=1) if k >= 2 else sequence
+
+
 def flatten_directions(x):
   """(batch, H, W, C) -> (batch, L, 4, C), the four SS2D paths of ``x``."""
-  batch, height, width, channels = x.shape
-  rows = x.reshape(batch, height * width, channels)
-  cols = jnp.swapaxes(x, 1, 2).reshape(batch, height * width, channels)
-  forward = jnp.stack([rows, cols], axis=2)
-  return jnp.concatenate([forward, jnp.flip(forward, axis=1)], axis=2)
+  return jnp.stack([_path(x, k) for k in range(NUM_DIRECTIONS)], axis=2)
 
 
 def flatten_each_direction(x):
@@ -31,11 +34,7 @@ def flatten_each_direction(x):
   For a position-wise function f with one form per path (a projection with weights per
   direction), ``flatten_each_direction(f_k(x))`` is ``f_k(flatten_directions(x))``.
   """
-  batch, height, width, _, channels = x.shape
-  rows = x.reshape(batch, height * width, NUM_DIRECTIONS, channels)
-  cols = jnp.swapaxes(x, 1, 2).reshape(batch, height * width, NUM_DIRECTIONS, channels)
-  return jnp.stack([rows[:, :, 0], cols[:, :, 1], jnp.flip(rows[:, :, 2], axis=1),
-                    jnp.flip(cols[:, :, 3], axis=1)], axis=2)
+  return jnp.stack([_path(x[..., k, :], k) for k in range(NUM_DIRECTIONS)], axis=2)
 
 
 def sequence_mask(mask):
