@@ -13,6 +13,11 @@ import os
 import signal
 import sys
 
+from s4fusion_jax.runtime import host_memory
+
+if __name__ == "__main__":
+  host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -6,7 +6,7 @@ JAX / Flax NNX.
 The package by layer, bottom to top (a layer imports only from layers below it, and the two job
 packages from each other; ``tests/test_layers.py`` checks it):
 
-    runtime      atomic file writes, the compilation cache, the multi-host cluster
+    runtime      atomic file writes, the compilation cache, the multi-host cluster, host memory
     numerics     pure functions of arrays: the selective scan, scan paths, sizes, colour, Sobel
     network      NNX modules: SS2D, CMSA, patches, the S4Fusion U-Net and its ablations, ResNet50
     objectives   the loss terms and the fusion metrics

@@ -30,6 +30,11 @@ import importlib.util
 import os
 import sys
 
+from s4fusion_jax.runtime import host_memory
+
+if __name__ == "__main__":
+  host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
+
 from s4fusion_jax.evaluation import baselines
 
 
@@ -70,11 +75,13 @@ def _prepare(args):
 
 
 def _fuse(args):
-  from s4fusion_jax.data import datasets, image_files  # pylint: disable=import-outside-toplevel
+  from s4fusion_jax.data import image_files  # pylint: disable=import-outside-toplevel
   from s4fusion_jax.evaluation import inference  # pylint: disable=import-outside-toplevel
   if os.path.isdir(args.ir) != os.path.isdir(args.vi):
     raise ValueError("--ir and --vi must both be files or both be folders")
   if os.path.isdir(args.ir):
+    # Only folders need it: it imports tensorflow_datasets (~0.2 s) for its dataset builders.
+    from s4fusion_jax.data import datasets  # pylint: disable=import-outside-toplevel
     pairs, _ = datasets.check_pairs(args.ir, args.vi)
     jobs = [(p.ir_path, p.vi_path, os.path.join(args.out, os.path.splitext(p.name)[0] + ".png"))
             for p in pairs]

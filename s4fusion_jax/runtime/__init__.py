@@ -1,3 +1,4 @@
 """What talks to the operating system and the JAX runtime: atomic file writes, the persistent
-compilation cache, the multi-host cluster. Imports nothing else of the package.
+compilation cache, the multi-host cluster, CPU devices per core, the C allocator's settings.
+Imports nothing else of the package.
 """
