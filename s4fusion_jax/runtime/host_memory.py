@@ -12,10 +12,11 @@ heaps are at most 64 MB) would map it fresh whatever the threshold. With
     glibc.malloc.mmap_threshold=4294967296   which serves allocations up to 4 GiB,
     glibc.malloc.trim_threshold=4294967296   and keeps up to 4 GiB freed at its top,
 
-the buffer freed by one call is the next call's: no faults after the first call (a warm fuse
-1.78 -> 1.60 s, a train step 6.6-7.3 -> 6.2-6.3 s, evaluate.py on 20 pairs 32 -> 30 s;
-docs/performance.md). The numbers computed do not change; the process keeps its peak memory
-until it exits.
+the buffer freed by one call is the next call's: no faults once the first few calls have run
+(one may allocate before the last one's buffer is freed: dispatch is asynchronous). A warm
+fuse takes 1.78 -> 1.60 s, a train step 6.6-7.3 -> 6.2-6.3 s, evaluate.py on 20 pairs
+32 -> 30 s (docs/performance.md). The numbers computed do not change; the process keeps its
+peak memory until it exits.
 
 glibc reads these tunables once, when a process starts. So ``reuse_freed_buffers()``, called
 by an entry point (``train.py``, ``evaluate.py``, ``python -m s4fusion_jax``, the bench
