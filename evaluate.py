@@ -17,6 +17,7 @@ from s4fusion_jax.runtime import host_memory
 
 if __name__ == "__main__":
   host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
+  host_memory.no_collection_at_exit()
 
 from absl import app
 from absl import flags

@@ -106,3 +106,28 @@ def test_with_the_settings_a_programs_buffer_is_reused_between_calls(tmp_path):
     assert on <= 4, on
   else:
     assert on == 12, on
+
+
+EXIT_SCRIPT = """
+import atexit, sys
+from s4fusion_jax.runtime import host_memory
+if sys.argv[1] == "skip":
+  host_memory.no_collection_at_exit()
+
+class Cycle:
+  def __del__(self):
+    print("collected", flush=True)
+
+cycle = Cycle()
+cycle.itself = cycle
+del cycle
+atexit.register(print, "exit handler ran", flush=True)  # registered later, runs earlier
+"""
+
+
+def test_no_collection_at_exit_leaves_cycles_to_the_process_end():
+  for mode, expected in (("collect", ["exit handler ran", "collected"]),
+                         ("skip", ["exit handler ran"])):
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, mode], cwd=REPO, text=True,
+                          capture_output=True, env=subprocess_env(), check=True)
+    assert proc.stdout.splitlines() == expected, (mode, proc.stdout, proc.stderr)
