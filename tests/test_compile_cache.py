@@ -1,4 +1,5 @@
-"""The persistent compilation cache of the entry points: where it is, hits across processes."""
+"""The persistent compilation cache of the entry points: where it is, hits across processes, and
+the traced programs kept beside it."""
 
 import builtins
 import io
@@ -7,8 +8,6 @@ import os
 import re
 import subprocess
 import sys
-
-from flax import nnx
 
 from conftest import REPO, shared_path
 from s4fusion_jax.interop import checkpoint
@@ -80,7 +79,63 @@ def test_two_writers_at_once_then_a_reader_hits(tmp_path):
   assert all(read == 0 and compiled >= 2 for compiled, read in first), first
   entries = os.listdir(cache / compile_cache.cpu_kind())
   assert entries, "nothing was written to the cache"
+  assert len(os.listdir(cache / compile_cache.cpu_kind() / "traced")) == 2  # the two buckets
   compiled, read = finish(evaluate(data, tmp_path / "out2", cache))
   assert read >= 2 and compiled < min(c for c, _ in first), (compiled, read, first)
   means = [json.loads((tmp_path / f"out{i}" / "metrics.json").read_text()) for i in range(3)]
   assert means[0] == means[1] == means[2]
+
+
+TRACED_SCRIPT = """
+import sys
+import jax
+import jax.numpy as jnp
+from s4fusion_jax.runtime import compile_cache
+compile_cache.enable()
+
+def fn(params, x, extra):
+  print("traced", flush=True)  # runs only while JAX traces fn
+  return {"y": jnp.tanh(x @ params["w"]) + params["b"], "z": extra}
+
+call = compile_cache.jit_reusing_traces(fn, {"test": sys.argv[1]})
+n = int(sys.argv[2])
+params = {"w": jnp.arange(n * 3.0).reshape(n, 3) / 10, "b": jnp.ones(3)}
+out = call(params, jnp.ones((2, n)), None)
+print(repr(jax.device_get(out["y"]).tolist()), out["z"])
+"""
+
+
+def traced_run(cache, facts="a", n=4):
+  proc = subprocess.run([sys.executable, "-c", TRACED_SCRIPT, facts, str(n)], cwd=REPO,
+                        capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(REPO), compile_cache.ENV: str(cache)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout.count("traced\n"), proc.stdout.splitlines()[-1], proc.stderr
+
+
+def test_a_traced_program_is_read_back_by_a_fresh_process(tmp_path):
+  cache = tmp_path / "cache"
+  folder = cache / compile_cache.cpu_kind() / "traced"
+  traces, first, _ = traced_run(cache)
+  assert traces == 1 and len(os.listdir(folder)) == 1
+  traces, again, _ = traced_run(cache)
+  assert traces == 0 and again == first  # not traced again, the same numbers
+  assert traced_run(cache, facts="b")[0] == 1  # other facts or shapes: traced anew
+  assert traced_run(cache, n=5)[0] == 1 and len(os.listdir(folder)) == 3
+  for entry in os.listdir(folder):  # unreadable entries: traced again, with a warning
+    (folder / entry).write_bytes(b"not a program")
+  traces, mended, stderr = traced_run(cache)
+  assert traces == 1 and mended == first and "did not read back" in stderr
+  assert traced_run(cache)[0] == 0  # the rewritten entry reads back
+  traces, off, _ = traced_run("off")  # no cache: plain jit
+  assert traces == 1 and off == first
+
+
+def test_traced_entries_past_the_limit_go_oldest_first(monkeypatch, tmp_path):
+  monkeypatch.setattr(compile_cache, "MAX_TRACED", 2)
+  for i in range(4):
+    (tmp_path / f"{i}.jax_exported").write_bytes(b"")
+    os.utime(tmp_path / f"{i}.jax_exported", (i, i))
+  (tmp_path / ".tmp-x.partial").write_bytes(b"")  # another process's entry being written
+  compile_cache._drop_oldest(tmp_path)  # pylint: disable=protected-access
+  assert sorted(os.listdir(tmp_path)) == [".tmp-x.partial", "2.jax_exported", "3.jax_exported"]

@@ -16,18 +16,35 @@ entries past ``MAX_BYTES`` (its eviction takes a file lock, which also keeps two
 from reading an entry while one writes it) and writes only programs that took at least
 ``MIN_COMPILE_SECONDS`` to compile (``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` overrides).
 Clearing it is deleting the directory.
+
+Traced programs: ``jit_reusing_traces`` also keeps a function's traced and lowered form
+(``jax.export``, in the directory's ``traced/`` folder), so a later process skips tracing the
+model as well as compiling it (the entry points' fusing: ~0.5 s of a command's ~4 s). Their
+key holds everything the trace depends on: the caller's facts (the model's config), the
+arguments' paths, shapes and dtypes, JAX's version, float64 flag and default matmul precision,
+and a digest of this package's source files, so an edited checkout traces again. An entry
+that does not read back is traced again and replaced.
 """
 
+import contextlib
+import functools
 import hashlib
+import json
 import os
 import platform
 import threading
+import warnings
 
 import jax
+import numpy as np
+
+from s4fusion_jax.runtime import atomic_files
 
 ENV = "S4FUSION_COMPILE_CACHE"
 MAX_BYTES = 4 * 2**30
 MIN_COMPILE_SECONDS = 0.5  # the model's and train step's programs take seconds; eager ops less
+MAX_TRACED = 256  # traced programs kept (~0.2 MB each for the bundled model), the oldest dropped
+_enabled = {"path": None}  # the directory enable() turned on
 
 
 def cpu_kind():
@@ -63,7 +80,7 @@ def enable():
   Call it before the first compile. A directory that cannot be created leaves the cache off
   with a warning: a cache is never a reason for a job to fail.
   """
-  path = directory()
+  path = _enabled["path"] = directory()
   if path is None:
     jax.config.update("jax_enable_compilation_cache", False)
     return None
@@ -71,12 +88,99 @@ def enable():
     os.makedirs(path, exist_ok=True)
   except OSError as e:
     print(f"warning: no compilation cache ({e}); set {ENV}=off to silence this")
+    _enabled["path"] = None
     return None
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
   return path
+
+
+@functools.cache
+def package_digest():
+  """sha256 of this package's Python sources (their paths and contents)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  digest = hashlib.sha256()
+  for folder, subfolders, files in os.walk(root):
+    subfolders.sort()
+    for name in sorted(f for f in files if f.endswith(".py")):
+      path = os.path.join(folder, name)
+      digest.update(os.path.relpath(path, root).encode() + b"\0")
+      with open(path, "rb") as f:
+        digest.update(f.read() + b"\0")
+  return digest.hexdigest()
+
+
+def jit_reusing_traces(fn, facts):
+  """``jax.jit(fn)`` whose traced form, per argument shapes, is kept in the cache directory.
+
+  Only where ``enable()`` turned the cache on; otherwise plain ``jax.jit(fn)``. ``facts``
+  (JSON-able) must name everything besides the arguments' shapes and this package's code that
+  ``fn``'s trace depends on (e.g. the model's config): two functions with the same facts share
+  entries. Arguments are pytrees of arrays (None allowed); ``fn`` runs on one device.
+  """
+  if _enabled["path"] is None:
+    return jax.jit(fn)
+  programs = {}
+
+  def call(*args):
+    leaves, treedef = jax.tree.flatten(args)
+    shapes = (treedef, tuple((np.shape(leaf), np.result_type(leaf)) for leaf in leaves))
+    if shapes not in programs:  # this process's first call at these shapes
+      signature = [[jax.tree_util.keystr(path), list(np.shape(leaf)), str(np.result_type(leaf))]
+                   for path, leaf in jax.tree.leaves_with_path(args)]
+      key = hashlib.sha256(json.dumps(
+          [facts, signature, str(treedef), jax.__version__, jax.config.jax_enable_x64,
+           jax.config.jax_default_matmul_precision, jax.default_backend(), package_digest()],
+          sort_keys=True, default=str).encode()
+      ).hexdigest()
+      flat = jax.jit(lambda *leaves: fn(*jax.tree.unflatten(treedef, leaves)))
+      programs[shapes] = jax.jit(_traced(key, flat, leaves).call)
+    return programs[shapes](*leaves)
+
+  return call
+
+
+def _traced(key, flat, leaves):
+  """The ``jax.export.Exported`` of ``flat`` at ``leaves``' shapes: read back, else traced and
+  written (atomically; the oldest entries past ``MAX_TRACED`` removed)."""
+  folder = os.path.join(_enabled["path"], "traced")
+  path = os.path.join(folder, f"{key}.jax_exported")
+  try:
+    with open(path, "rb") as f:
+      exported = jax.export.deserialize(f.read())
+    with contextlib.suppress(OSError):  # (removed meanwhile by another process)
+      os.utime(path)  # recently used: kept longest
+    return exported
+  except FileNotFoundError:
+    pass
+  except Exception as e:  # pylint: disable=broad-exception-caught  # any unreadable entry
+    warnings.warn(f"traced program {path} did not read back ({type(e).__name__}: {e}); "
+                  "tracing it again")
+  exported = jax.export.export(flat)(*leaves)
+  try:
+    atomic_files.write(path, lambda f: f.write(exported.serialize()), suffix=".partial")
+    _drop_oldest(folder)
+  except OSError as e:
+    warnings.warn(f"traced program not kept ({e})")
+  return exported
+
+
+def _drop_oldest(folder):
+  """Removes the least recently used entries of ``folder`` past ``MAX_TRACED``."""
+  entries = []
+  for entry in os.scandir(folder):
+    if entry.name.endswith(".jax_exported"):
+      try:
+        entries.append((entry.stat().st_mtime, entry.path))
+      except FileNotFoundError:  # removed meanwhile by another process
+        pass
+  for _, path in sorted(entries)[:max(0, len(entries) - MAX_TRACED)]:
+    try:
+      os.unlink(path)
+    except FileNotFoundError:
+      pass
 
 
 class CompileLog:
