@@ -9,6 +9,11 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
 from conftest import REPO, shared_path
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.network import model as model_lib
@@ -139,3 +144,17 @@ def test_traced_entries_past_the_limit_go_oldest_first(monkeypatch, tmp_path):
   (tmp_path / ".tmp-x.partial").write_bytes(b"")  # another process's entry being written
   compile_cache._drop_oldest(tmp_path)  # pylint: disable=protected-access
   assert sorted(os.listdir(tmp_path)) == [".tmp-x.partial", "2.jax_exported", "3.jax_exported"]
+
+
+def test_a_trace_that_cannot_be_kept_still_runs(monkeypatch, tmp_path):
+  monkeypatch.setitem(compile_cache._enabled, "path", str(tmp_path))  # pylint: disable=protected-access
+
+  def no_serializer(self, *args, **kwargs):
+    raise ImportError("no module named flatbuffers")
+
+  monkeypatch.setattr(jax.export.Exported, "serialize", no_serializer)
+  call = compile_cache.jit_reusing_traces(lambda x: {"y": x * 2}, {"test": "unkept"})
+  with pytest.warns(UserWarning, match="traced program not kept.*flatbuffers"):
+    out = call(jnp.arange(3.0))
+  np.testing.assert_array_equal(out["y"], [0.0, 2.0, 4.0])
+  assert not [e for e in os.listdir(tmp_path / "traced") if e.endswith(".jax_exported")]

@@ -161,8 +161,8 @@ def _traced(key, flat, leaves):
   try:
     atomic_files.write(path, lambda f: f.write(exported.serialize()), suffix=".partial")
     _drop_oldest(folder)
-  except OSError as e:
-    warnings.warn(f"traced program not kept ({e})")
+  except Exception as e:  # pylint: disable=broad-exception-caught  # e.g. a full disk, no flatbuffers
+    warnings.warn(f"traced program not kept ({type(e).__name__}: {e})")
   return exported
 
 
