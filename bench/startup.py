@@ -1,6 +1,6 @@
 """What a user waits for before and while fusing: start-up, compilation, the cache, buckets.
 
-    python bench/startup.py [--pairs 40] [--repeats 3]    # about 30 minutes on 2 CPU cores
+    python bench/startup.py [--pairs 40] [--repeats 3]    # about 15 minutes on 2 CPU cores
 
 Every case is a fresh process, run on an otherwise idle CPU; short cases are repeated and
 their median shown, the evaluations run once. Seconds are wall time, also shown in units of
@@ -12,6 +12,7 @@ the ResNet50 forward on 4 x 229^2 x 3 measured in this run (the machines differ 
                starts this way), with the cache emptied, then warm
   fuse         ``python -m s4fusion_jax fuse`` of one random 481 x 637 pair, the whole command:
                with an emptied cache directory, then again with the cache the first filled
+               (--repeats such pairs, the median of each)
   warm fuse    ``Fuser.fuse`` of that pair once compiled (the median of --repeats, with the
                process CPU time / wall time): on one device, as the fusing entry points run
                it, and with its scans split over one CPU device per core
@@ -157,11 +158,16 @@ def main():
   for kind, image in zip(("ir", "vi"), common.random_pair()):
     os.makedirs(os.path.join(work, "pair", kind))
     Image.fromarray(image.squeeze()).save(os.path.join(work, "pair", kind, "a.png"))
-  shutil.rmtree(cache, ignore_errors=True)
-  for state in ("empty", "warm"):
-    seconds, _ = timed_command(["-m", "s4fusion_jax", "fuse", "--ir", f"{work}/pair/ir/a.png",
-                                "--vi", f"{work}/pair/vi/a.png", "--out", f"{work}/a.png"], cache)
-    rows.append({"case": f"fuse 481 x 637, {state} cache", "seconds": seconds, "programs": "-"})
+  fuse_runs = {"empty": [], "warm": []}
+  for _ in range(args.repeats):  # each time: the cache emptied, then read back
+    shutil.rmtree(cache, ignore_errors=True)
+    for state, runs in fuse_runs.items():
+      runs.append(timed_command(["-m", "s4fusion_jax", "fuse", "--ir", f"{work}/pair/ir/a.png",
+                                 "--vi", f"{work}/pair/vi/a.png", "--out", f"{work}/a.png"],
+                                cache)[0])
+  for state, runs in fuse_runs.items():
+    rows.append({"case": f"fuse 481 x 637, {state} cache", "seconds": statistics.median(runs),
+                 "programs": "-"})
 
   for label, name in (("one device", "warm_fuse"), ("scans split over a device per core",
                                                    "warm_fuse_split")):
