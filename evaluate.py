@@ -18,6 +18,7 @@ from s4fusion_jax.runtime import host_memory
 if __name__ == "__main__":
   host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
   host_memory.no_collection_at_exit()
+  host_memory.pause_collections()  # resumed once the model is loaded
 
 from absl import app
 from absl import flags
@@ -51,6 +52,7 @@ def main(argv):
   compiles = compile_cache.CompileLog()
   try:
     fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend, f.exact_sizes)
+    host_memory.resume_collections()
     fused = {"pairs": 0}
     kill_after = int(os.environ.get(KILL_AFTER, 0))
 

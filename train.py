@@ -18,6 +18,7 @@ from s4fusion_jax.runtime import host_memory
 
 if __name__ == "__main__":
   host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
+  host_memory.pause_collections()  # resumed once the train step is compiled
 
 from absl import app
 from absl import flags

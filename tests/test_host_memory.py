@@ -131,3 +131,36 @@ def test_no_collection_at_exit_leaves_cycles_to_the_process_end():
     proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, mode], cwd=REPO, text=True,
                           capture_output=True, env=subprocess_env(), check=True)
     assert proc.stdout.splitlines() == expected, (mode, proc.stdout, proc.stderr)
+
+
+PAUSE_SCRIPT = """
+import gc, os
+from s4fusion_jax.runtime import host_memory
+
+def state():
+  return f"enabled={gc.isenabled()} frozen={gc.get_freeze_count() > 0}"
+
+host_memory.resume_collections()  # not paused: nothing happens
+print("before", state())
+host_memory.pause_collections()
+print("paused", state())
+child = os.fork()
+if child == 0:  # a worker forked during the start-up collects as usual
+  print("forked child", state(), flush=True)
+  os._exit(0)
+os.waitpid(child, 0)
+host_memory.resume_collections()
+print("resumed", state())
+gc.unfreeze()
+host_memory.resume_collections()  # once only
+print("again", state())
+"""
+
+
+def test_collections_paused_during_start_up_resume_frozen_and_a_fork_collects():
+  proc = subprocess.run([sys.executable, "-c", PAUSE_SCRIPT], cwd=REPO, text=True,
+                        capture_output=True, env=subprocess_env(), check=True)
+  assert proc.stdout.splitlines() == [
+      "before enabled=True frozen=False", "paused enabled=False frozen=False",
+      "forked child enabled=True frozen=True", "resumed enabled=True frozen=True",
+      "again enabled=True frozen=False"], proc.stderr

@@ -30,6 +30,7 @@ from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import scan
 from s4fusion_jax.objectives import losses
 from s4fusion_jax.runtime import cluster
+from s4fusion_jax.runtime import host_memory
 from s4fusion_jax.training import run_log
 from s4fusion_jax.training import samples
 from s4fusion_jax.training import train_step
@@ -221,6 +222,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
     if compiled is None:  # compiled ahead, so that no process enters its collectives early
       compiled = step_fn.lower(state, batch, resnet_state).compile()
       cluster.barrier("compiled the train step")
+      host_memory.resume_collections()  # paused by train.py: its start-up is done
       tick = time.perf_counter()
     state, metrics = compiled(state, batch, resnet_state)
     done = step + 1
