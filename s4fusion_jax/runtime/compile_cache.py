@@ -127,8 +127,8 @@ def jit_reusing_traces(fn, facts):
     leaves, treedef = jax.tree.flatten(args)
     shapes = (treedef, tuple(map(jax.typeof, leaves)))  # shapes and dtypes
     if shapes not in programs:  # this process's first call at these shapes
-      signature = [[jax.tree_util.keystr(path), str(jax.typeof(leaf))]
-                   for path, leaf in jax.tree.leaves_with_path(args)]
+      signature = [[jax.tree_util.keystr(path), str(aval)]
+                   for (path, _), aval in zip(jax.tree.leaves_with_path(args), shapes[1])]
       key = hashlib.sha256(json.dumps(
           [facts, signature, str(treedef), jax.__version__, jax.config.jax_enable_x64,
            jax.config.jax_default_matmul_precision, jax.default_backend(), package_digest()],
@@ -161,7 +161,8 @@ def _traced(key, flat, leaves):
   try:
     atomic_files.write(path, lambda f: f.write(exported.serialize()), suffix=".partial")
     _drop_oldest(folder)
-  except Exception as e:  # pylint: disable=broad-exception-caught  # e.g. a full disk, no flatbuffers
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # e.g. a full disk, or no flatbuffers to serialize with: the call runs all the same
     warnings.warn(f"traced program not kept ({type(e).__name__}: {e})")
   return exported
 
