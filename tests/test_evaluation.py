@@ -1,5 +1,7 @@
 """evaluate.py end to end on TNO, the fusion command, colour handling, bad input, validation."""
 
+import csv
+import io
 import json
 import os
 import re
@@ -21,6 +23,7 @@ from s4fusion_jax.evaluation import evaluator
 from s4fusion_jax.evaluation import image_grid
 from s4fusion_jax.evaluation import inference
 from s4fusion_jax.evaluation import published
+from s4fusion_jax.evaluation import result_tables
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import color
@@ -220,6 +223,18 @@ def test_compare_marks_the_best():
   table = evaluator.compare({"a": {"MI": 1.004}, "b": {"MI": 1.0, "SF": 2.0}}, names=("MI", "SF"),
                             key=lambda metric, value: round(value, 2))
   assert "| a | **1.0040** | - |" in table and "| b | **1.0000** | **2.0000** |" in table
+
+
+def test_result_tables_lay_out_one_header_and_its_rows():
+  head, rows = ["method", "MI", "note"], [["a", 1.5, "x|y"], ["b, c", "2", 'say "hi"']]
+  assert result_tables.markdown(head, rows).splitlines() == [
+      "| method | MI | note |", "|---|---:|---:|", r"| a | 1.5 | x\|y |",
+      '| b, c | 2 | say "hi" |']
+  assert list(csv.reader(io.StringIO(result_tables.csv_text(head, rows)))) == [
+      head, ["a", "1.5", "x|y"], ["b, c", "2", 'say "hi"']]
+  for make in (result_tables.markdown, result_tables.csv_text):
+    with pytest.raises(ValueError, match="2 cells under a header of 3"):
+      make(head, [["a", 1]])
 
 
 def test_report_puts_the_published_rows_beside_ours_on_tno_only():

@@ -8,14 +8,13 @@ finished variant. Every variant shares the data order, seed, steps and loss; onl
 ``no_per`` differs, by training without L_per.
 """
 
-import csv
-import io
 import json
 import os
 
 from s4fusion_jax.evaluation import charts
 from s4fusion_jax.evaluation import evaluator
 from s4fusion_jax.evaluation import inference
+from s4fusion_jax.evaluation import result_tables
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.runtime import atomic_files
@@ -96,18 +95,14 @@ def tables(results, notes=None):
   notes = notes or {}
   best = {k: max(r[k] for r in results.values()) for k in TABLE_METRICS}
   head = ["variant", *TABLE_METRICS, "params", "steps", "train s"]
-  md = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-  out = io.StringIO()
-  writer = csv.writer(out)
-  writer.writerow(head)
+  md_rows, csv_rows = [], []
   for name, r in results.items():
     cells = [f"**{r[k]:.3f}**" if r[k] == best[k] else f"{r[k]:.3f}" for k in TABLE_METRICS]
     label = f"{name} ({notes[name]})" if name in notes else name
-    md.append(f"| {label} | " + " | ".join(cells)
-              + f" | {r['params']:,} | {r['steps']} | {r['train_seconds']:.0f} |")
-    writer.writerow([name, *(f"{r[k]:.6g}" for k in TABLE_METRICS), r["params"], r["steps"],
+    md_rows.append([label, *cells, f"{r['params']:,}", r["steps"], f"{r['train_seconds']:.0f}"])
+    csv_rows.append([name, *(f"{r[k]:.6g}" for k in TABLE_METRICS), r["params"], r["steps"],
                      f"{r['train_seconds']:.1f}"])
-  return "\n".join(md) + "\n", out.getvalue()
+  return result_tables.markdown(head, md_rows), result_tables.csv_text(head, csv_rows)
 
 
 def run(configs, test_dir, workdir, *, with_perceptual, progress=True):

@@ -24,9 +24,7 @@ never counts; the reference-padded rectangle is the image the model sees), the f
 directions and the channels; then the mean over the images (each image weighs the same).
 """
 
-import csv
 import functools
-import io
 import json
 import os
 
@@ -36,6 +34,7 @@ import numpy as np
 
 from s4fusion_jax.evaluation import charts
 from s4fusion_jax.evaluation import evaluator
+from s4fusion_jax.evaluation import result_tables
 from s4fusion_jax.interop import functional
 from s4fusion_jax.numerics import color
 from s4fusion_jax.numerics import directions
@@ -133,17 +132,12 @@ def observations(stats, form=PAPER_FORM):
 def tables(stats):
   """(markdown, csv) of ``stats``: a row per layer and per block, Delta_I and Delta_V per form."""
   head = ["layer", *(f"{f} {m}" for f in FORMS for m in ("I", "V"))]
-  rows = [(name, values) for name, values in stats["layers"].items()]
-  rows += [(name, values) for name, values in stats["blocks"].items()]
-  md = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-  out = io.StringIO()
-  writer = csv.writer(out)
-  writer.writerow(head)
-  for name, values in rows:
-    cells = [values[f][m] for f in FORMS for m in MODALITIES]
-    md.append(f"| {name} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
-    writer.writerow([name, *(f"{c:.8g}" for c in cells)])
-  return "\n".join(md) + "\n", out.getvalue()
+  rows = [(name, [values[f][m] for f in FORMS for m in MODALITIES])
+          for name, values in [*stats["layers"].items(), *stats["blocks"].items()]]
+  return (result_tables.markdown(head, [[name, *(f"{c:.4f}" for c in cells)]
+                                        for name, cells in rows]),
+          result_tables.csv_text(head, [[name, *(f"{c:.8g}" for c in cells)]
+                                        for name, cells in rows]))
 
 
 def write(stats, out):

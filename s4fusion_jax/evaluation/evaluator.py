@@ -2,9 +2,9 @@
 
 Outputs in OUT: ``fused/NAME.png`` (uint8, grey or recoloured RGB), ``metrics.csv`` (one
 row per image), ``metrics.json`` (``{"mean": {...}, "per_image": {name: {...}}}``),
-``progress.jsonl`` (what makes a run resumable, below),
-``metrics.md`` (the mean table) and ``samples.png`` (IR | VI | fused for a few pairs; none
-for ``num_samples=0``).
+``progress.jsonl`` (what makes a run resumable, below), ``metrics.md`` (the number of pairs
+and the means) and ``samples.png`` (IR | VI | fused for a few pairs; none for
+``num_samples=0``).
 Metrics are computed on the saved files re-read as grey the way the CDDFuse/EMMA
 Evaluator reads them (``metrics.evaluator_gray``); every file is written atomically.
 
@@ -16,8 +16,6 @@ and fuses only the rest; any other identity starts afresh. A line cut short by a
 ignored.
 """
 
-import csv
-import io
 import json
 import os
 
@@ -28,6 +26,7 @@ from s4fusion_jax.data import datasets
 from s4fusion_jax.data import image_files
 from s4fusion_jax.evaluation import image_grid
 from s4fusion_jax.evaluation import published
+from s4fusion_jax.evaluation import result_tables
 from s4fusion_jax.objectives import metrics
 from s4fusion_jax.runtime import atomic_files
 from s4fusion_jax.training import samples
@@ -53,14 +52,11 @@ def tables(per_image):
   """(csv text, markdown mean table, mean dict) of ``{name: {metric: value}}``."""
   names = list(metrics.NAMES)
   mean = {k: float(np.mean([m[k] for m in per_image.values()])) for k in names}
-  out = io.StringIO()
-  writer = csv.writer(out)
-  writer.writerow(["name", *names])
-  for name, m in per_image.items():
-    writer.writerow([name, *(f"{m[k]:.6g}" for k in names)])
-  md = ("| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n| "
-        + " | ".join(f"{mean[k]:.4f}" for k in names) + " |\n")
-  return out.getvalue(), md, mean
+  csv_text = result_tables.csv_text(
+      ["name", *names], [[name, *(f"{m[k]:.6g}" for k in names)] for name, m in per_image.items()])
+  md = result_tables.markdown(["pairs", *names],
+                              [[len(per_image), *(f"{mean[k]:.4f}" for k in names)]])
+  return csv_text, md, mean
 
 
 def _read_fused(path):
@@ -160,15 +156,15 @@ def compare(results, names=samples.PAPER_METRICS, bold=True, key=lambda metric, 
       (published rows at their published precision, ``published.as_published``).
   """
   formats = formats or {}
-  lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   best = {k: max((key(k, r[k]) for r in results.values() if k in r), default=None)
           for k in names}
+  rows = []
   for method, r in results.items():
     shown = formats.get(method, _four_decimals)
     cells = ["-" if k not in r else f"**{shown(k, r[k])}**" if bold and key(k, r[k]) == best[k]
              else shown(k, r[k]) for k in names]
-    lines.append(f"| {method} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+    rows.append([method, *cells])
+  return result_tables.markdown(["method", *names], rows)
 
 
 def figure(data, fused_dirs, names, out, height=SAMPLE_HEIGHT):

@@ -120,8 +120,8 @@ def resume_collections():
   """Ends ``pause_collections``: what the start-up made is moved out of the collector's reach
   for good (``gc.freeze``: later full collections do not walk it again; the few cycles it left
   unreferenced stay until exit: +1 MB of a fuse command's 1.38 GB peak), then the collector is
-  on again. Does nothing unless ``pause_collections`` turned it off, so
-  library code may call it and tests may call an entry point's ``main``."""
+  on again. Does nothing unless ``pause_collections`` turned it off, so library code may call
+  it and tests may call an entry point's ``main``."""
   if _paused["now"]:
     _paused["now"] = False
     gc.freeze()

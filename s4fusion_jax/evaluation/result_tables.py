@@ -1,0 +1,44 @@
+"""Result tables as text: GitHub markdown and CSV from one header and its rows.
+
+Every job that tabulates (evaluation, the comparison with published rows, the ablation
+study, Table 5) formats its cells itself and hands them here as strings; the layout is
+kept in one place.
+"""
+
+import csv
+import io
+
+
+def _checked(head, rows):
+  """``rows`` as lists of strings, each as long as ``head``."""
+  rows = [[str(cell) for cell in row] for row in rows]
+  for row in rows:
+    if len(row) != len(head):
+      raise ValueError(f"a row of {len(row)} cells under a header of {len(head)}: {row}")
+  return rows
+
+
+def markdown(head, rows):
+  """A GitHub markdown table: the first column left-aligned (labels), the rest right-aligned.
+
+  Args:
+    head: [str] column names.
+    rows: [[cell]] as many cells as ``head`` each, shown as ``str(cell)``; a ``|`` in a cell
+      is escaped so that it stays inside its cell.
+
+  Returns:
+    The table's lines, each ending in a newline.
+  """
+  line = lambda cells: "| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |"
+  lines = [line(head), "|---|" + "---:|" * (len(head) - 1)]
+  lines += [line(row) for row in _checked(head, rows)]
+  return "\n".join(lines) + "\n"
+
+
+def csv_text(head, rows):
+  """The same table as CSV text (``csv`` module's quoting; rows as in ``markdown``)."""
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(head)
+  writer.writerows(_checked(head, rows))
+  return out.getvalue()
