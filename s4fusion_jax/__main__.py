@@ -30,10 +30,12 @@ import importlib.util
 import os
 import sys
 
+from s4fusion_jax.runtime import cpu_loops
 from s4fusion_jax.runtime import host_memory
 
 if __name__ == "__main__":
   host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
+  cpu_loops.run_small_loops_whole()  # XLA_FLAGS, before JAX starts
   host_memory.no_collection_at_exit()
   host_memory.pause_collections()  # resumed once the command is set up
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from s4fusion_jax.runtime import compile_cache
+from s4fusion_jax.runtime import cpu_loops
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("S4FUSION_SHARED", REPO.parent / "shared"))
@@ -64,6 +65,11 @@ def tiny_golden():
 @pytest.fixture(scope="session")
 def paper_golden():
   return load_golden("golden_s4fusion_61x73.npz")
+
+
+# The tests compile as the entry points do: small loops whole (cpu_loops), before anything is
+# compiled here; the processes the tests start inherit the XLA_FLAGS.
+cpu_loops.run_small_loops_whole()
 
 
 # Train runs in subprocesses share XLA's persistent compilation cache: a resumed run or a
