@@ -57,7 +57,7 @@ def xla_flags(environ):
   if not host_memory.on_cpu(environ):
     return None
   entry = f"{OPTION}={chosen}"
-  if extras:  # XLA reads the last of them: the option joins its list
+  if extras:  # the option joins the last of the user's lists of extra options
     flags[extras[-1]] += ("," if flags[extras[-1]] != _EXTRA else "") + entry
   else:
     flags.append(_EXTRA + entry)
