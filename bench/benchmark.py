@@ -68,7 +68,7 @@ def model_case(backend, what):
   config.microbatches = 4 if "micro" in what else 1
   tx, schedule = train_step.make_optimizer(config)
   graphdef, state = trainer.create_train_state(config, tx)
-  net_graph, net_state = nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0)))
+  net_graph, net_state = nnx.split(resnet.create(0))
   batch = {k: jax.random.uniform(key, (20, 229, 229, 1))
            for k, key in zip(("ir", "vi"), jax.random.split(jax.random.key(2)))}
   step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss,

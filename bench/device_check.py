@@ -58,7 +58,7 @@ def train_seconds(model, backend, batch, crop, steps):
   config.model.scan_backend = backend
   tx, schedule = train_step.make_optimizer(config)
   graphdef, state = train_step.init_state(model, tx, config.seed)
-  net_graph, net_state = nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0)))
+  net_graph, net_state = nnx.split(resnet.create(0))
   images = {k: jax.random.uniform(jax.random.key(i), (batch, crop, crop, 1))
             for i, k in enumerate(("ir", "vi"))}
   step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss)

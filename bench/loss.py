@@ -10,7 +10,6 @@ import argparse
 import json
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -24,7 +23,7 @@ CONFIG = ml_collections.ConfigDict(dict(
 
 
 def run_case(case, batch, size):
-  net = resnet.ResNet50(rngs=nnx.Rngs(0))
+  net = resnet.create(0)
   graphdef, state = nnx.split(net)
   images = [jax.random.uniform(k, (batch, size, size, 1)) for k in jax.random.split(
       jax.random.key(0), 3)]

@@ -37,7 +37,7 @@ def uniform(key, shape):
 
 
 def resnet_case():
-  graphdef, state = nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(resnet.create(0))
   return (lambda s, x: nnx.merge(graphdef, s)(x)), (state, uniform(0, (4, 229, 229, 3)))
 
 
@@ -64,7 +64,7 @@ def train_case(batch, size, full_loss, config=None):
   tx, schedule = train_step.make_optimizer(config)
   graphdef, state = trainer.create_train_state(config, tx)
   uses_resnet = config.loss.perceptual or config.loss.weight_source == "resnet50"
-  net_graph, net_state = (nnx.split(resnet.ResNet50(rngs=nnx.Rngs(0))) if uses_resnet
+  net_graph, net_state = (nnx.split(resnet.create(0)) if uses_resnet
                           else (None, None))
   images = {"ir": uniform(1, (batch, size, size, 1)), "vi": uniform(2, (batch, size, size, 1))}
   step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss)

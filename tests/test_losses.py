@@ -62,7 +62,7 @@ def loss_config(**overrides):
 
 def small_resnet(dtype):
   """A random ResNet50 with 10 classes, initialised in one compiled program (not ~160)."""
-  return nnx.jit(lambda: resnet.ResNet50(rngs=nnx.Rngs(0), num_classes=10, param_dtype=dtype))()
+  return resnet.create(0, num_classes=10, param_dtype=dtype)
 
 
 def test_total_loss_gradient_agrees_with_finite_differences():

@@ -59,6 +59,27 @@ def test_create_initialises_as_the_constructor_does():
                          compiled["embed_ir"]["proj"]["kernel"][...])
 
 
+class _ConvNormHead(nnx.Module):
+  def __init__(self, width, *, rngs):
+    self.conv = nnx.Conv(3, width, (3, 3), rngs=rngs)
+    self.norm = nnx.BatchNorm(width, rngs=rngs)
+    self.head = nnx.Linear(width, 2, rngs=rngs)
+
+
+def test_compiled_constructor_builds_what_eager_construction_builds():
+  eager = _ConvNormHead(4, rngs=nnx.Rngs(5))
+  build = layers.compiled_constructor(_ConvNormHead, width=4)
+  compiled = build(jax.random.key(5))
+  assert nnx.graphdef(compiled) == nnx.graphdef(eager)
+  flat_eager, flat_compiled = (dict(nnx.to_flat_state(nnx.state(m))) for m in (eager, compiled))
+  assert flat_eager.keys() == flat_compiled.keys()
+  for path, value in flat_eager.items():
+    ours, ref = np.asarray(flat_compiled[path].get_value()), np.asarray(value.get_value())
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape, path
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7, err_msg=str(path))
+  assert not np.allclose(build(jax.random.key(6)).head.kernel[...], compiled.head.kernel[...])
+
+
 def test_gradients_reach_every_parameter_but_the_unused_fusion_scale(tiny_golden):
   model = model_lib.create(TINY)
   ir, vi = golden_inputs(tiny_golden)

@@ -280,31 +280,14 @@ def fuse(model: S4Fusion, ir, vi, *, exact_sizes=False):
 
 
 def create(config: ModelConfig, seed=0) -> S4Fusion:
-  """A fresh model, as ``S4Fusion(config, rngs=nnx.Rngs(seed))`` makes it, in one program.
-
-  Built eagerly, the initialisers of the ~300 parameter arrays each compile their own small
-  programs (about 15 s for the default model on a 2-core CPU); here construction is traced
-  once and compiled as one program, which the persistent compilation cache keeps (the seed is
-  an argument: every seed shares it; in one process, each config compiles once). Same random
-  keys (``layers.ParamKeys``), so the same parameters up to XLA fusing the initialisers'
-  arithmetic differently (within a few float32 ulps).
-  """
+  """A fresh model, as ``S4Fusion(config, rngs=nnx.Rngs(seed))`` makes it, in one compiled
+  program (``layers.compiled_constructor``; in one process, each config compiles once)."""
   return _constructor(config)(jax.random.key(seed))
-
-
-# The constructor runs once per model, in a fraction of a second, but its program is ~300
-# random draws, each a threefry loop: XLA:CPU's LLVM optimisations of them took ~2/3 of its
-# compile (54 -> 19 s for the default model, ~0.2 s more to run), so it is compiled without.
-CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 @functools.lru_cache(maxsize=16)
 def _constructor(config: ModelConfig):
-  """The jitted constructor of ``config``'s models: one compile per config and process."""
-  graphdef = nnx.graphdef(layers.abstract(S4Fusion, config=config))
-  init = jax.jit(lambda key: nnx.state(S4Fusion(config, rngs=layers.ParamKeys(key))),
-                 compiler_options=CPU_INIT_OPTIONS if jax.default_backend() == "cpu" else None)
-  return lambda key: nnx.merge(graphdef, init(key))
+  return layers.compiled_constructor(S4Fusion, config=config)
 
 
 def count_params(model: S4Fusion) -> int:

@@ -13,9 +13,13 @@ files ``resnet50-0676ba61.pth`` / ``resnet50-11ad3fa6.pth``) downloaded by the u
 read from ``.pth`` (with torch), ``.npz`` or ``.safetensors``; nothing is ever downloaded.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from s4fusion_jax.network import layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,3 +103,14 @@ class ResNet50(nnx.Module):
         x = block(x)
       features.append(x)
     return self.fc(jnp.mean(x, axis=(1, 2))), features
+
+
+def create(seed=0, **kwargs) -> ResNet50:
+  """A random ``ResNet50(rngs=nnx.Rngs(seed), **kwargs)`` (benchmarks and tests: the loss uses
+  pretrained weights, ``checkpoint.load_resnet``), built in one compiled program."""
+  return _constructor(tuple(sorted(kwargs.items())))(jax.random.key(seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _constructor(kwargs):
+  return layers.compiled_constructor(ResNet50, **dict(kwargs))
