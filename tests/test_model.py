@@ -78,6 +78,9 @@ def test_compiled_constructor_builds_what_eager_construction_builds():
     assert ours.dtype == ref.dtype and ours.shape == ref.shape, path
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7, err_msg=str(path))
   assert not np.allclose(build(jax.random.key(6)).head.kernel[...], compiled.head.kernel[...])
+  traced = jax.eval_shape(lambda: nnx.state(build(jax.random.key(5))))  # a traced key
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), traced) == jax.tree.map(
+      lambda x: (x.shape, x.dtype), nnx.state(eager))
 
 
 def test_gradients_reach_every_parameter_but_the_unused_fusion_scale(tiny_golden):

@@ -54,13 +54,15 @@ def compiled_constructor(build, **kwargs):
   to XLA fusing the initialisers' arithmetic differently (within a few float32 ulps). Built
   eagerly, each initialiser compiles its own small programs (about 15 s for the default
   S4Fusion on a 2-core CPU); this program is compiled once per call of this function and kept
-  by the persistent compilation cache (the key is an argument: every seed shares it).
+  by the persistent compilation cache (the key is an argument: every seed shares it). Under a
+  trace (a traced key: ``jax.eval_shape``, an enclosing ``jit``) it is traced into the caller's
+  program, whose compiler options apply (JAX takes them only at the top level).
   """
   graphdef = nnx.graphdef(abstract(build, **kwargs))
+  state = lambda key: nnx.state(build(rngs=ParamKeys(key), **kwargs))
   options = CPU_CONSTRUCTOR_OPTIONS if jax.default_backend() == "cpu" else None
-  init = jax.jit(lambda key: nnx.state(build(rngs=ParamKeys(key), **kwargs)),
-                 compiler_options=options)
-  return lambda key: nnx.merge(graphdef, init(key))
+  nested, top = jax.jit(state), jax.jit(state, compiler_options=options)
+  return lambda key: nnx.merge(graphdef, (nested if isinstance(key, jax.core.Tracer) else top)(key))
 
 
 def abstract(build, **kwargs):

@@ -57,7 +57,7 @@ def xla_flags(environ):
   if not host_memory.on_cpu(environ):
     return None
   entry = f"{OPTION}={chosen}"
-  if extras:  # the option joins the last of the user's lists of extra options
+  if extras:  # joins the user's last list (XLA adds every list's entries to one map)
     flags[extras[-1]] += ("," if flags[extras[-1]] != _EXTRA else "") + entry
   else:
     flags.append(_EXTRA + entry)
