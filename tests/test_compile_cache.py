@@ -136,13 +136,12 @@ def test_a_traced_program_is_read_back_by_a_fresh_process(tmp_path):
   assert traces == 1 and off == first
 
 
-def test_traced_entries_past_the_limit_go_oldest_first(monkeypatch, tmp_path):
-  monkeypatch.setattr(compile_cache, "MAX_TRACED", 2)
+def test_traced_entries_past_the_limit_go_oldest_first(tmp_path):
   for i in range(4):
     (tmp_path / f"{i}.jax_exported").write_bytes(b"")
     os.utime(tmp_path / f"{i}.jax_exported", (i, i))
   (tmp_path / ".tmp-x.partial").write_bytes(b"")  # another process's entry being written
-  compile_cache._drop_oldest(tmp_path)  # pylint: disable=protected-access
+  compile_cache._drop_oldest(tmp_path, ".jax_exported", 2)  # pylint: disable=protected-access
   assert sorted(os.listdir(tmp_path)) == [".tmp-x.partial", "2.jax_exported", "3.jax_exported"]
 
 
@@ -158,3 +157,34 @@ def test_a_trace_that_cannot_be_kept_still_runs(monkeypatch, tmp_path):
     out = call(jnp.arange(3.0))
   np.testing.assert_array_equal(out["y"], [0.0, 2.0, 4.0])
   assert not [e for e in os.listdir(tmp_path / "traced") if e.endswith(".jax_exported")]
+
+
+def test_a_kept_program_is_read_back_and_an_unreadable_one_compiled_again(tmp_path):
+  """``compile_lowered``'s store for the processes JAX's cache does not serve (the 2-process
+  training runs of test_multihost.py read it in fresh processes)."""
+  reads = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **_: reads.append(event)
+      if event == compile_cache.PROCESS_CACHE_READ else None)
+  lowered = jax.jit(lambda x, y: {"z": jnp.sin(x) * y}, donate_argnums=0).lower(
+      jnp.ones(5), jnp.float32(2))
+  compile_kept = compile_cache._compile_kept  # pylint: disable=protected-access
+  kept = lambda facts=("process 1",): compile_kept(lowered, tmp_path, list(facts))
+  run = lambda compiled: np.asarray(compiled(jnp.arange(5.0), jnp.float32(2))["z"])
+  want = run(lowered.compile())
+  np.testing.assert_array_equal(run(kept()), want)
+  (entry,) = tmp_path.iterdir()
+  np.testing.assert_array_equal(run(kept()), want)
+  assert len(reads) == 1  # the second call read the first's program
+  kept(["process 2"])
+  assert len(reads) == 1 and len(list(tmp_path.iterdir())) == 2  # other facts: another entry
+  entry.write_bytes(b"not a program")
+  with pytest.warns(UserWarning, match="did not read back"):
+    np.testing.assert_array_equal(run(kept()), want)
+  assert len(reads) == 1
+  np.testing.assert_array_equal(run(kept()), want)  # the rewritten entry reads back
+  assert len(reads) == 2
+  np.testing.assert_array_equal(run(compile_cache.compile_lowered(lowered)), want)
+  assert len(reads) == 2  # one process: JAX's cache alone, nothing kept beside it
+  assert not any(name.startswith("process-")
+                 for name in os.listdir(compile_cache.directory()))

@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import threading
+import time
 import warnings
 
 import jax
@@ -43,6 +44,9 @@ ENV = "S4FUSION_COMPILE_CACHE"
 MAX_BYTES = 4 * 2**30
 MIN_COMPILE_SECONDS = 0.5  # the model's and train step's programs take seconds; eager ops less
 MAX_TRACED = 256  # traced programs kept (~0.2 MB each for the bundled model), the oldest dropped
+MAX_PROCESS_PROGRAMS = 16  # compile_lowered's programs kept per process (~20 MB each)
+PROCESS_CACHE_READ = "/s4fusion_jax/compile_cache/process_cache_read"  # an event, in seconds
+_TRACED, _PROGRAM = ".jax_exported", ".executable"  # the two kinds of entries' file names
 _enabled = {"path": None}  # the directory enable() turned on
 
 
@@ -145,7 +149,7 @@ def _traced(key, flat, leaves):
   """The ``jax.export.Exported`` of ``flat`` at ``leaves``' shapes: read back, else traced and
   written (atomically; the oldest entries past ``MAX_TRACED`` removed)."""
   folder = os.path.join(_enabled["path"], "traced")
-  path = os.path.join(folder, f"{key}.jax_exported")
+  path = os.path.join(folder, f"{key}{_TRACED}")
   try:
     with open(path, "rb") as f:
       exported = jax.export.deserialize(f.read())
@@ -160,23 +164,83 @@ def _traced(key, flat, leaves):
   exported = jax.export.export(flat)(*leaves)
   try:
     atomic_files.write(path, lambda f: f.write(exported.serialize()), suffix=".partial")
-    _drop_oldest(folder)
+    _drop_oldest(folder, _TRACED, MAX_TRACED)
   except Exception as e:  # pylint: disable=broad-exception-caught
     # e.g. a full disk, or no flatbuffers to serialize with: the call runs all the same
     warnings.warn(f"traced program not kept ({type(e).__name__}: {e})")
   return exported
 
 
-def _drop_oldest(folder):
-  """Removes the least recently used entries of ``folder`` past ``MAX_TRACED``."""
+def compile_lowered(lowered):
+  """``lowered.compile()``; on the CPU processes of a multi-process run other than process 0,
+  the compiled program is also kept in the cache directory's ``process-<i>/`` folder and read
+  back by the next run of that process.
+
+  JAX writes its persistent cache from process 0 alone, and on the CPU its key holds the
+  topology as each process sees it, so the other processes never find their programs there:
+  every run of a 2-process training compiled its train step again on process 1 (60 s of the
+  tests' 2-process run on this project's CPU, while process 0 read its own in 10 s). This
+  keeps the program whole (``jax.experimental.serialize_executable``), keyed by the lowered
+  program's text, the process's index and count, the devices, JAX's version and ``XLA_FLAGS``;
+  an entry that does not read back is compiled again and replaced. Elsewhere, or with the
+  cache off, it is ``lowered.compile()``.
+
+  Args:
+    lowered: a ``jax.stages.Lowered`` (``jax.jit(f).lower(*args)``).
+
+  Returns:
+    the ``jax.stages.Compiled`` program.
+  """
+  if (_enabled["path"] is None or jax.process_count() == 1 or jax.process_index() == 0
+      or jax.default_backend() != "cpu"):
+    return lowered.compile()
+  return _compile_kept(lowered, os.path.join(_enabled["path"], f"process-{jax.process_index()}"),
+                       [jax.process_index(), jax.process_count(), [d.id for d in jax.devices()]])
+
+
+def _compile_kept(lowered, folder, facts):
+  """``lowered`` compiled, or read back from ``folder``, where it is kept under a key of its
+  text, ``facts``, JAX's version and ``XLA_FLAGS`` (``compile_lowered``)."""
+  from jax.experimental import serialize_executable  # pylint: disable=import-outside-toplevel
+  key = hashlib.sha256(json.dumps(
+      [lowered.as_text(), facts, jax.__version__, os.environ.get("XLA_FLAGS", "")]
+  ).encode()).hexdigest()
+  path = os.path.join(folder, f"{key}{_PROGRAM}")
+  start = time.perf_counter()
+  try:
+    with open(path, "rb") as f:
+      compiled = serialize_executable.deserialize_and_load(
+          f.read(), jax.tree.structure(lowered.args_info), lowered.out_tree)
+    with contextlib.suppress(OSError):  # (removed meanwhile by another process)
+      os.utime(path)  # recently used: kept longest
+    jax.monitoring.record_event_duration_secs(PROCESS_CACHE_READ, time.perf_counter() - start)
+    return compiled
+  except FileNotFoundError:
+    pass
+  except Exception as e:  # pylint: disable=broad-exception-caught  # any unreadable entry
+    warnings.warn(f"compiled program {path} did not read back ({type(e).__name__}: {e}); "
+                  "compiling it again")
+  compiled = lowered.compile()
+  try:
+    payload = serialize_executable.serialize(compiled)[0]
+    atomic_files.write(path, lambda f: f.write(payload), suffix=".partial")
+    _drop_oldest(folder, _PROGRAM, MAX_PROCESS_PROGRAMS)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    warnings.warn(f"compiled program not kept ({type(e).__name__}: {e})")
+  return compiled
+
+
+def _drop_oldest(folder, suffix, keep):
+  """Removes the least recently used entries (files ending in ``suffix``) of ``folder`` past
+  ``keep``."""
   entries = []
   for entry in os.scandir(folder):
-    if entry.name.endswith(".jax_exported"):
+    if entry.name.endswith(suffix):
       try:
         entries.append((entry.stat().st_mtime, entry.path))
       except FileNotFoundError:  # removed meanwhile by another process
         pass
-  for _, path in sorted(entries)[:max(0, len(entries) - MAX_TRACED)]:
+  for _, path in sorted(entries)[:max(0, len(entries) - keep)]:
     try:
       os.unlink(path)
     except FileNotFoundError:
@@ -203,9 +267,11 @@ class CompileLog:
         self.hits += 1
 
   def _duration(self, event, duration, **_):
-    if event == "/jax/core/compile/backend_compile_duration":  # a compile or a cache read
+    if event in ("/jax/core/compile/backend_compile_duration",  # a compile or a cache read
+                 PROCESS_CACHE_READ):  # compile_lowered's read
       with self._lock:
         self.programs += 1
+        self.hits += event == PROCESS_CACHE_READ
         self.seconds += duration
 
   @property

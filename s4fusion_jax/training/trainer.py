@@ -30,6 +30,7 @@ from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import scan
 from s4fusion_jax.objectives import losses
 from s4fusion_jax.runtime import cluster
+from s4fusion_jax.runtime import compile_cache
 from s4fusion_jax.runtime import host_memory
 from s4fusion_jax.training import run_log
 from s4fusion_jax.training import samples
@@ -220,7 +221,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
     batch = next(data_iterator)
     batch = jax.make_array_from_process_local_data(sharded, {k: batch[k] for k in ("ir", "vi")})
     if compiled is None:  # compiled ahead, so that no process enters its collectives early
-      compiled = step_fn.lower(state, batch, resnet_state).compile()
+      compiled = compile_cache.compile_lowered(step_fn.lower(state, batch, resnet_state))
       cluster.barrier("compiled the train step")
       host_memory.resume_collections()  # paused by train.py: its start-up is done
       tick = time.perf_counter()
