@@ -1,7 +1,6 @@
 """Accelerator readiness from this CPU: lowering for cuda / tpu, bfloat16, the device check."""
 
 import dataclasses
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO, one_train_step, reference_state_dict, rel_err, shared_path
+from conftest import (REPO, one_train_step, reference_state_dict, rel_err, shared_path,
+                      subprocess_env)
 from configs import smoke
 from s4fusion_jax.interop import reference
 from s4fusion_jax.network import layers
@@ -117,7 +117,7 @@ def test_device_check_runs_as_a_cpu_smoke_test():
       [sys.executable, "bench/device_check.py", "--golden",
        str(shared_path("golden", "golden_s4fusion_tiny_37x49.npz")), "--fuse_size", "37", "49",
        "--batch", "2", "--crop", "25", "--steps", "1", "--backends", "chunked"],
-      cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+      cwd=REPO, capture_output=True, text=True, env=subprocess_env())  # the tests' cache
   assert proc.returncode == 0, proc.stderr[-2000:]
   row = [line for line in proc.stdout.splitlines() if line.startswith("| chunked")]
   assert len(row) == 1, proc.stdout
