@@ -153,28 +153,41 @@ def jit_reusing_traces(fn, facts):
 
 def _traced(key, flat, leaves):
   """The ``jax.export.Exported`` of ``flat`` at ``leaves``' shapes: read back, else traced and
-  written (atomically; the oldest entries past ``MAX_TRACED`` removed)."""
-  folder = os.path.join(_enabled["path"], "traced")
-  path = os.path.join(folder, f"{key}{_TRACED}")
+  kept (``_kept``; at most ``MAX_TRACED`` entries)."""
+  return _kept(os.path.join(_enabled["path"], "traced", f"{key}{_TRACED}"),
+               jax.export.deserialize, lambda: jax.export.export(flat)(*leaves),
+               lambda exported: exported.serialize(), ("traced program", "tracing"),
+               MAX_TRACED)[0]
+
+
+def _kept(path, read, make, serialize, names, keep):
+  """(value, whether it was read): ``read(bytes)`` of the entry at ``path``, else ``make()``,
+  written there as ``serialize(value)`` (atomically; the least recently used entries of its
+  folder with its suffix past ``keep`` removed).
+
+  An entry that does not read back is made again and replaced; one that cannot be written
+  leaves the value unkept: each with a warning naming ``names`` (what, and the making).
+  """
+  what, making = names
   try:
     with open(path, "rb") as f:
-      exported = jax.export.deserialize(f.read())
+      value = read(f.read())
     with contextlib.suppress(OSError):  # (removed meanwhile by another process)
       os.utime(path)  # recently used: kept longest
-    return exported
+    return value, True
   except FileNotFoundError:
     pass
   except Exception as e:  # pylint: disable=broad-exception-caught  # any unreadable entry
-    warnings.warn(f"traced program {path} did not read back ({type(e).__name__}: {e}); "
-                  "tracing it again")
-  exported = jax.export.export(flat)(*leaves)
+    warnings.warn(f"{what} {path} did not read back ({type(e).__name__}: {e}); "
+                  f"{making} it again")
+  value = make()
   try:
-    atomic_files.write(path, lambda f: f.write(exported.serialize()), suffix=".partial")
-    _drop_oldest(folder, _TRACED, MAX_TRACED)
+    atomic_files.write(path, lambda f: f.write(serialize(value)), suffix=".partial")
+    _drop_oldest(os.path.dirname(path), os.path.splitext(path)[1], keep)
   except Exception as e:  # pylint: disable=broad-exception-caught
     # e.g. a full disk, or no flatbuffers to serialize with: the call runs all the same
-    warnings.warn(f"traced program not kept ({type(e).__name__}: {e})")
-  return exported
+    warnings.warn(f"{what} not kept ({type(e).__name__}: {e})")
+  return value, False
 
 
 def compile_lowered(lowered):
@@ -186,11 +199,10 @@ def compile_lowered(lowered):
   topology as each process sees it, so the other processes never find their programs there:
   every run of a 2-process training compiled its train step again on process 1 (61 s of a
   91 s run of the tests' config on this project's CPU; process 0 read all its programs in
-  11 s). This
-  keeps the program whole (``jax.experimental.serialize_executable``), keyed by the lowered
-  program's text, the process's index and count, the devices, JAX's version and ``XLA_FLAGS``;
-  an entry that does not read back is compiled again and replaced. Elsewhere, or with the
-  cache off, it is ``lowered.compile()``.
+  11 s). This keeps the program whole (``jax.experimental.serialize_executable``), keyed by the
+  lowered program's text, the process's index and count, the devices, JAX's version and
+  ``XLA_FLAGS``; an entry that does not read back is compiled again and replaced. Elsewhere, or
+  with the cache off, it is ``lowered.compile()``.
 
   Args:
     lowered: a ``jax.stages.Lowered`` (``jax.jit(f).lower(*args)``).
@@ -212,28 +224,15 @@ def _compile_kept(lowered, folder, facts):
   key = hashlib.sha256(json.dumps(
       [lowered.as_text(), facts, jax.__version__, os.environ.get("XLA_FLAGS", "")]
   ).encode()).hexdigest()
-  path = os.path.join(folder, f"{key}{_PROGRAM}")
   start = time.perf_counter()
-  try:
-    with open(path, "rb") as f:
-      compiled = serialize_executable.deserialize_and_load(
-          f.read(), jax.tree.structure(lowered.args_info), lowered.out_tree)
-    with contextlib.suppress(OSError):  # (removed meanwhile by another process)
-      os.utime(path)  # recently used: kept longest
+  compiled, read = _kept(
+      os.path.join(folder, f"{key}{_PROGRAM}"),
+      lambda payload: serialize_executable.deserialize_and_load(
+          payload, jax.tree.structure(lowered.args_info), lowered.out_tree),
+      lowered.compile, lambda compiled: serialize_executable.serialize(compiled)[0],
+      ("compiled program", "compiling"), MAX_PROCESS_PROGRAMS)
+  if read:
     jax.monitoring.record_event_duration_secs(PROCESS_CACHE_READ, time.perf_counter() - start)
-    return compiled
-  except FileNotFoundError:
-    pass
-  except Exception as e:  # pylint: disable=broad-exception-caught  # any unreadable entry
-    warnings.warn(f"compiled program {path} did not read back ({type(e).__name__}: {e}); "
-                  "compiling it again")
-  compiled = lowered.compile()
-  try:
-    payload = serialize_executable.serialize(compiled)[0]
-    atomic_files.write(path, lambda f: f.write(payload), suffix=".partial")
-    _drop_oldest(folder, _PROGRAM, MAX_PROCESS_PROGRAMS)
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    warnings.warn(f"compiled program not kept ({type(e).__name__}: {e})")
   return compiled
 
 
