@@ -6,7 +6,9 @@
 Rows (float32, each in a fresh process so peak RSS is its own):
   scan   SS2D at scale 0 and Cross SS2D at scales 1 and 2, for one 481x637 pair
          (batch 1) and for the paper's training batch (20 x 229^2); forward and
-         forward + backward (gradient of sum(sin(y)) with respect to every input).
+         forward + backward (gradient of sum(sin(y)) with respect to every input); and,
+         sequential at the pair's shapes, two independent forward scans in one program
+         ("2 x fwd": whether XLA:CPU runs them side by side, one per core).
   model  fusing one 481x637 pair; the training step (forward, backward, AdamW) at batch
          20 x 229^2 with the full loss (ResNet50 with random weights, the same work as
          ImageNet's), whole and as 4 accumulated micro-batches of 5.
@@ -41,16 +43,25 @@ SCAN_SHAPES = {
 }
 
 
-def scan_case(backend, shape, mode):
+def scan_inputs(shape, seed):
+  """The seven inputs of ``scan.selective_scan`` at ``shape`` (batch, L, G, D, N)."""
   batch, length, groups, channels, state = shape
-  ks = jax.random.split(jax.random.key(0), 7)
-  args = (jax.random.normal(ks[0], (batch, length, groups, channels)),
+  ks = jax.random.split(jax.random.key(seed), 7)
+  return (jax.random.normal(ks[0], (batch, length, groups, channels)),
           jax.random.normal(ks[1], (batch, length, groups, channels)),
           -jnp.exp(jax.random.normal(ks[2], (groups, channels, state))),
           jax.random.normal(ks[3], (batch, length, groups, state)),
           jax.random.normal(ks[4], (batch, length, groups, state)),
           jnp.ones((groups, channels)), jnp.zeros((groups, channels)))
+
+
+def scan_case(backend, shape, mode):
+  args = scan_inputs(shape, 0)
   fn = lambda *a: scan.selective_scan(*a, backend=backend)
+  if mode == "2 x fwd":  # two independent scans in one program, as the two encoders' are
+    fn = lambda *a: (scan.selective_scan(*a[:7], backend=backend),
+                     scan.selective_scan(*a[7:], backend=backend))
+    args = args + scan_inputs(shape, 1)
   if mode == "fwd+bwd":
     fn = jax.grad(lambda *a: jnp.sum(jnp.sin(scan.selective_scan(*a, backend=backend))),
                   argnums=tuple(range(7)))
@@ -98,6 +109,7 @@ def all_cases(only):
   if only in (None, "scan"):
     cases += [f"scan|{b}|{s}|{m}" for s in SCAN_SHAPES for m in ("fwd", "fwd+bwd")
               for b in BACKENDS]
+    cases += [f"scan|sequential|{s}|2 x fwd" for s in SCAN_SHAPES if s.startswith("481")]
   if only in (None, "model"):
     cases += [f"model|{b}|fuse 481x637|" for b in BACKENDS]
     cases += [f"model|{b}|train step 20x229^2 {how}|" for how in ("whole", "4 micro-batches")
