@@ -8,9 +8,9 @@
     python train.py --config configs/bundled.py:4 --workdir runs/bundled4 \
         --init_from STAGE3   # stage 3's weights (s4fusion_jax/weights/README.md)
     python train.py --config configs/bundled.py:5 --workdir runs/bundled5 \
-        --init_from STAGE4   # stage 4's weights
+        --init_from STAGE4   # stage 4's weights (s4fusion_jax/weights/README.md)
 
-The committed weights are stage 4's last step. Stage 1 trains from scratch; stages 2 to 4 each
+The committed weights are stage 5's last step. Stage 1 trains from scratch; stages 2 to 5 each
 continue the previous stage's weights with a fresh optimizer and a schedule that decays to a
 small learning rate. No ImageNet weights exist on this machine, so the perceptual loss is off
 and the source weights come from the images' own Sobel energy (``image_gradient``). See
