@@ -24,7 +24,7 @@ from configs import smoke
 
 
 STAGES = ("1", "2", "3", "4", "5")
-# Stage 4 holds out these pairs of ../shared/data/roadscene_train to choose its settings on.
+# Stages 4 and 5 hold out these pairs of ../shared/data/roadscene_train to choose settings on.
 VALIDATION = dict(dataset="paired_folder", manual_dir=os.path.join(smoke.SHARED, "roadscene_train"),
                   name="roadscene_train_holdout", validation="roadscene_train_validation.txt")
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 import train_config
 from conftest import REPO, TRAIN_FLAGS, run, subprocess_env
+from configs import bundled
 from configs import smoke
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.training import run_log
@@ -214,9 +215,8 @@ def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
   assert [json.loads(line)["step"] for line in open(log.path)] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("name,arg", [("default", None), ("smoke", None), ("bundled", "1"),
-                                      ("bundled", "2"), ("bundled", "3"), ("bundled", "4"),
-                                      ("bundled", "5")])
+@pytest.mark.parametrize("name,arg", [("default", None), ("smoke", None),
+                                      *(("bundled", stage) for stage in bundled.STAGES)])
 def test_every_shipped_config_builds(name, arg):
   module = __import__(f"configs.{name}", fromlist=["get_config"])
   config = module.get_config() if arg is None else module.get_config(arg)
@@ -226,14 +226,12 @@ def test_every_shipped_config_builds(name, arg):
 
 
 def test_bundled_config_names_its_stages():
-  from configs import bundled  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match=r"stage must be one of \('1', '2', '3', '4', '5'\)"):
     bundled.get_config("6")
 
 
 @pytest.mark.parametrize("stage", ["4", "5"])
 def test_bundled_stages_4_and_5_validate_on_pairs_they_do_not_train_on(stage):
-  from configs import bundled  # pylint: disable=import-outside-toplevel
   config = bundled.get_config(stage)
   (train,), val = config.data.train, config.data.val
   assert (train["split"], val["split"]) == ("train", "validation")
