@@ -68,8 +68,24 @@ def paper_golden():
 
 
 # The tests compile as the entry points do: small loops whole (cpu_loops), before anything is
-# compiled here; the processes the tests start inherit the XLA_FLAGS.
+# compiled here; the processes the tests start inherit the XLA_FLAGS. One difference: LLVM
+# compiles the tests' programs without its optimisations (XLA's passes all run). Most of the
+# tests' programs are small models run once or a few times, where LLVM's optimisation was most
+# of the compile: a train step of tests/train_config.py 40 s -> 24 s to compile, 0.04 -> 0.12 s
+# to run; the suite with an empty cache, its files summed, 4271 -> 2816 s outside the doc
+# blocks (docs/performance.md). The numbers computed are the same up to float rounding. The
+# tests whose processes run long (the README's evaluation of the bundled model on TNO, 40 steps
+# of the smoke config, a tiny model on four TNO pairs) start them with ``optimized(env)``: the
+# last two took 27 and 34 s with a warm cache so, 57 and 70 s without.
+UNOPTIMIZED = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMIZED}".strip()
 cpu_loops.run_small_loops_whole()
+
+
+def optimized(env):
+  """``env`` (a subprocess environment) whose processes compile with LLVM's optimisations."""
+  return {**env, "XLA_FLAGS": " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                       if f != UNOPTIMIZED)}
 
 
 # Train runs in subprocesses share XLA's persistent compilation cache: a resumed run or a
@@ -109,13 +125,16 @@ def collect_after_each_module():
 ONE_DEVICE = {"JAX_NUM_CPU_DEVICES": "1"}
 
 
-def subprocess_env(extra=None):
-  return {**os.environ, "PYTHONPATH": str(REPO), **CACHE, **ONE_DEVICE, **(extra or {})}
+def subprocess_env(extra=None, optimize=False):
+  """The environment of an entry point run by a test: the tests' cache, one CPU device, and
+  LLVM's optimisations where ``optimize`` (a run long enough for them to pay)."""
+  env = {**os.environ, "PYTHONPATH": str(REPO), **CACHE, **ONE_DEVICE, **(extra or {})}
+  return optimized(env) if optimize else env
 
 
-def run(args, env=None, **kwargs):
+def run(args, env=None, optimize=False, **kwargs):
   return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                        env=subprocess_env(env), **kwargs)
+                        env=subprocess_env(env, optimize), **kwargs)
 
 
 # tests/train_config.py: for the tests of resuming, multi-host and failures.

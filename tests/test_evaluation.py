@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from conftest import REPO, shared_path
+from conftest import REPO, optimized, shared_path
 from configs import smoke
 from s4fusion_jax import __main__ as cli
 from s4fusion_jax.data import image_files
@@ -37,7 +37,7 @@ TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=
 def evaluate(*args):
   return subprocess.run([sys.executable, "evaluate.py", "--progress=false", *args], cwd=REPO,
                         capture_output=True, text=True,
-                        env={**os.environ, "PYTHONPATH": str(REPO)})
+                        env=optimized({**os.environ, "PYTHONPATH": str(REPO)}))
 
 
 def check_outputs(out, names):
@@ -91,8 +91,8 @@ def test_tiny_random_model_on_tno_killed_and_resumed(tmp_path):
   out = tmp_path / "resumed"
   killed = subprocess.run([sys.executable, "evaluate.py", "--progress=false", *args,
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO),
-                               "S4FUSION_EVALUATE_KILL_AFTER": "2"})  # evaluate.KILL_AFTER
+                          env=optimized({**os.environ, "PYTHONPATH": str(REPO),
+                                         "S4FUSION_EVALUATE_KILL_AFTER": "2"}))  # KILL_AFTER
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   assert len(os.listdir(out / "fused")) == 2 and not (out / "metrics.json").exists()
   assert fused_in_run(evaluate(*args, "--out", str(out))) == 2

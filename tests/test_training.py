@@ -118,7 +118,8 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path, smoke_run):
 def test_smoke_config_lowers_the_loss(tmp_path):
   proc = run(["train.py", f"--workdir={tmp_path}", "--config", "configs/smoke.py",
               "--config.num_steps=40", "--config.eval_every=40", "--config.eval_pairs=1",
-              "--config.eval_size=61", "--progress=false"])
+              "--config.eval_size=61", "--progress=false"],
+             optimize=True)  # 40 steps and an evaluation: LLVM's optimisations pay
   assert proc.returncode == 0, proc.stderr[-2000:]
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   losses = [r["loss"] for r in records if "loss" in r]
