@@ -75,7 +75,7 @@ def paper_golden():
 # to run; the suite with an empty cache, its files summed, 4271 -> 2816 s outside the doc
 # blocks (docs/performance.md). The numbers computed are the same up to float rounding. The
 # tests whose processes run long (the README's evaluation of the bundled model on TNO, 40 steps
-# of the smoke config, a tiny model on four TNO pairs) start them with ``optimized(env)``: the
+# of the smoke config, a tiny model on four TNO pairs) start them with ``optimize=True``: the
 # last two took 34 and 27 s with a warm cache so, 70 and 57 s without.
 UNOPTIMIZED = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMIZED}".strip()

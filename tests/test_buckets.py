@@ -34,7 +34,8 @@ def tiny_model(golden, **overrides):
 
 @pytest.fixture(scope="module")
 def compiles():
-  return compile_cache.CompileLog()
+  with compile_cache.CompileLog() as log:
+    yield log
 
 
 def test_the_ladder():

@@ -163,9 +163,21 @@ def test_a_kept_program_is_read_back_and_an_unreadable_one_compiled_again(tmp_pa
   """``compile_lowered``'s store for the processes JAX's cache does not serve (the 2-process
   training runs of test_multihost.py read it in fresh processes)."""
   reads = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda event, duration, **_: reads.append(event)
-      if event == compile_cache.PROCESS_CACHE_READ else None)
+
+  def listener(event, duration, **_):
+    del duration
+    if event == compile_cache.PROCESS_CACHE_READ:
+      reads.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    check_kept_programs(tmp_path, reads)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def check_kept_programs(tmp_path, reads):
+  """The kept programs' store in ``tmp_path``; ``reads`` lists its reads as they happen."""
   lowered = jax.jit(lambda x, y: {"z": jnp.sin(x) * y}, donate_argnums=0).lower(
       jnp.ones(5), jnp.float32(2))
   compile_kept = compile_cache._compile_kept  # pylint: disable=protected-access
@@ -188,3 +200,12 @@ def test_a_kept_program_is_read_back_and_an_unreadable_one_compiled_again(tmp_pa
   assert len(reads) == 2  # one process: JAX's cache alone, nothing kept beside it
   assert not any(name.startswith("process-")
                  for name in os.listdir(compile_cache.directory()))
+
+
+def test_a_compile_log_counts_until_closed():
+  x = np.ones(7, np.float32)
+  with compile_cache.CompileLog() as log:
+    jax.jit(lambda x: x * 3 + 1).lower(x).compile()
+    assert log.programs == 1 and log.seconds > 0
+  jax.jit(lambda x: x * 5 + 2).lower(x).compile()
+  assert log.programs == 1

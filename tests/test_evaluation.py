@@ -7,15 +7,13 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
 
-from conftest import REPO, optimized, shared_path
+from conftest import REPO, run, shared_path
 from configs import smoke
 from s4fusion_jax import __main__ as cli
 from s4fusion_jax.data import image_files
@@ -34,10 +32,9 @@ TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=
                              d_state=4, fusion_d_state=6)
 
 
-def evaluate(*args):
-  return subprocess.run([sys.executable, "evaluate.py", "--progress=false", *args], cwd=REPO,
-                        capture_output=True, text=True,
-                        env=optimized({**os.environ, "PYTHONPATH": str(REPO)}))
+def evaluate(*args, env=None):
+  """evaluate.py with ``args`` in a fresh process, compiled with LLVM's optimisations."""
+  return run(["evaluate.py", "--progress=false", *args], env, optimize=True)
 
 
 def check_outputs(out, names):
@@ -89,10 +86,8 @@ def test_tiny_random_model_on_tno_killed_and_resumed(tmp_path):
   check_outputs(tmp_path / "straight", names)
   # Killed (SIGKILL) right after its second pair, then run again with the same arguments.
   out = tmp_path / "resumed"
-  killed = subprocess.run([sys.executable, "evaluate.py", "--progress=false", *args,
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          env=optimized({**os.environ, "PYTHONPATH": str(REPO),
-                                         "S4FUSION_EVALUATE_KILL_AFTER": "2"}))  # KILL_AFTER
+  killed = evaluate(*args, "--out", str(out),
+                    env={"S4FUSION_EVALUATE_KILL_AFTER": "2"})  # evaluate.KILL_AFTER
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   assert len(os.listdir(out / "fused")) == 2 and not (out / "metrics.json").exists()
   assert fused_in_run(evaluate(*args, "--out", str(out))) == 2
@@ -138,9 +133,8 @@ def test_the_command_line_plots_without_importing_jax(tmp_path):
   script = ("import sys; from s4fusion_jax import __main__ as cli; "
             f"code = cli.main(['plot', {str(tmp_path)!r}]); "
             "print(code, 'jax' in sys.modules)")
-  run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
-  assert run.stdout.split()[-2:] == ["0", "False"], run.stdout + run.stderr
+  proc = run(["-c", script], check=True)
+  assert proc.stdout.split()[-2:] == ["0", "False"], proc.stdout + proc.stderr
   assert (tmp_path / "curves.png").exists()
 
 

@@ -257,7 +257,7 @@ class CompileLog:
   """Counts the programs this process compiled or read from the persistent cache.
 
   From JAX's monitoring events (for every thread); ``summary()`` is one line for the end of
-  a run.
+  a run. As a context manager it stops counting on leaving (``close``).
   """
 
   def __init__(self):
@@ -279,6 +279,17 @@ class CompileLog:
         self.programs += 1
         self.hits += event == PROCESS_CACHE_READ
         self.seconds += duration
+
+  def close(self):
+    """Stops counting: JAX no longer calls this log."""
+    jax.monitoring.unregister_event_listener(self._event)
+    jax.monitoring.unregister_event_duration_listener(self._duration)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
 
   @property
   def compiled(self):
