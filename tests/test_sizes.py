@@ -1,7 +1,6 @@
 """The size rule and the reference's padding."""
 
 import numpy as np
-import pytest
 
 from s4fusion_jax.numerics import sizes
 
