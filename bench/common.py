@@ -10,6 +10,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,16 +64,33 @@ def peak_rss_gb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+def progress(message):
+  """Prints a progress line of a case's child (``#`` first): ``run_cases`` echoes it at once,
+  so a run stopped midway (a timeout on a lent machine) still shows what was measured."""
+  print(f"# {message}", flush=True)
+
+
 def run_cases(script, cases, extra_args=()):
-  """Runs ``script --case NAME`` for each case in a fresh process; returns their JSON rows."""
+  """Runs ``script --case NAME`` for each case in a fresh process; returns their JSON rows.
+
+  The child's ``progress`` lines are echoed as they come; its last line is its row.
+  """
   rows = []
   for case in cases:
-    out = subprocess.run([sys.executable, script, "--case", case, *extra_args],
-                         capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-      rows.append({"case": case, "error": out.stderr.strip().splitlines()[-1:]})
-      continue
-    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    with tempfile.TemporaryFile("w+") as stderr:
+      child = subprocess.Popen([sys.executable, script, "--case", case, *extra_args],
+                               stdout=subprocess.PIPE, stderr=stderr, text=True)
+      lines = []
+      for line in child.stdout:
+        if line.startswith("# "):
+          print(line, end="", flush=True)
+        lines.append(line)
+      child.wait()
+      if child.returncode != 0:
+        stderr.seek(0)
+        rows.append({"case": case, "error": stderr.read().strip().splitlines()[-1:]})
+        continue
+    rows.append(json.loads(lines[-1]))
   return rows
 
 

@@ -1,6 +1,6 @@
 """One command for a GPU or TPU machine: parity, fusing, training and memory per scan backend.
 
-    python bench/device_check.py                 # about 8 minutes on one GPU (untested: none lent)
+    python bench/device_check.py                 # on a GPU / TPU (see bench/device_session.sh)
     python bench/device_check.py --golden ../shared/golden/golden_s4fusion_tiny_37x49.npz \\
         --fuse_size 37 49 --batch 2 --crop 25 --backends chunked     # a CPU smoke run
 
@@ -9,18 +9,23 @@ ml_collections (for configs/default.py), and runs with the JAX it finds: no data
 grain or orbax. Each backend runs in its own process (so the peak memory is its own) and
 prints one row of one markdown table:
   parity       max |ours - golden| / max |golden| of the fused golden pair, float32
-  fuse         seconds for ``model.fuse`` on one random --fuse_size pair (median of 3)
+  fuse         seconds for ``model.fuse`` on one random --fuse_size pair (median of 3), and
+               the seconds compiling it took
   train step   seconds per step at --batch x --crop^2, configs/default.py's full loss
-               (ResNet50 entropy and weights, random ResNet50 weights), remat on
+               (ResNet50 entropy and weights, random ResNet50 weights), remat on, and the
+               seconds compiling it took
   images/s     --batch / train step
   peak memory  the device's peak_bytes_in_use after both (``device.memory_stats()``); on CPU,
                where JAX keeps no such count, the process's peak resident memory
-The model has the golden fixture's sizes (the 61 x 73 fixture: the released model).
+The model has the golden fixture's sizes (the 61 x 73 fixture: the released model). Each
+child's progress is echoed as it comes (``# BACKEND, N s in: ...``), so a run stopped by a time
+limit still shows what it measured and what it was compiling.
 """
 
 import argparse
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -48,9 +53,9 @@ def parity(model, golden):
 def fuse_seconds(model, height, width):
   graphdef, state = nnx.split(model)
   x = jax.random.uniform(jax.random.key(0), (1, height, width, 1))
-  _, compiled = common.compile_timed(
+  compile_s, compiled = common.compile_timed(
       lambda s, a, b: model_lib.fuse(nnx.merge(graphdef, s), a, b), state, x, x)
-  return common.time_run(compiled, state, x, x)
+  return compile_s, common.time_run(compiled, state, x, x)
 
 
 def train_seconds(model, backend, batch, crop, steps):
@@ -62,8 +67,8 @@ def train_seconds(model, backend, batch, crop, steps):
   images = {k: jax.random.uniform(jax.random.key(i), (batch, crop, crop, 1))
             for i, k in enumerate(("ir", "vi"))}
   step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss)
-  _, compiled = common.compile_timed(step, state, images, net_state)
-  return common.time_run(compiled, state, images, net_state, repeats=steps)
+  compile_s, compiled = common.compile_timed(step, state, images, net_state)
+  return compile_s, common.time_run(compiled, state, images, net_state, repeats=steps)
 
 
 def peak_memory_gb():
@@ -74,15 +79,27 @@ def peak_memory_gb():
 
 
 def run_case(args):
+  start = time.perf_counter()
+
+  def report(what):
+    common.progress(f"{args.case}, {time.perf_counter() - start:.0f} s in: {what}")
+
   golden = dict(np.load(args.golden))
   state_dict = {k[len("param/"):]: v for k, v in golden.items() if k.startswith("param/")}
   model = reference.from_torch_state_dict(state_dict, scan_backend=args.case)
-  row = {"case": args.case, "parity": parity(model, golden),
-         "fuse_s": fuse_seconds(model, *args.fuse_size)}
+  report("model loaded; fusing the golden pair")
+  row = {"case": args.case, "parity": parity(model, golden)}
+  report(f"parity {row['parity']:.1e}; compiling the {args.fuse_size[0]} x "
+         f"{args.fuse_size[1]} fuse")
+  row["fuse_compile_s"], row["fuse_s"] = fuse_seconds(model, *args.fuse_size)
+  report(f"fuse {row['fuse_s']:.3f} s (compiled in {row['fuse_compile_s']:.1f} s); compiling "
+         f"the train step, {args.batch} x {args.crop}^2")
   model.train()
-  row["step_s"] = train_seconds(model, args.case, args.batch, args.crop, args.steps)
+  row["step_compile_s"], row["step_s"] = train_seconds(model, args.case, args.batch, args.crop,
+                                                       args.steps)
   row["images_per_s"] = args.batch / row["step_s"]
   row["peak_gb"] = peak_memory_gb()
+  report(f"train step {row['step_s']:.3f} s (compiled in {row['step_compile_s']:.1f} s)")
   print(json.dumps(row))
 
 
@@ -110,7 +127,8 @@ def main():
         f"{args.fuse_size[1]}, train step {args.batch} x {args.crop}^2 (full loss)\n")
   common.print_table(rows, [
       ("case", "backend", "{}"), ("parity", "parity (max rel. err.)", "{:.1e}"),
-      ("fuse_s", "fuse (s)", "{:.3f}"), ("step_s", "train step (s)", "{:.3f}"),
+      ("fuse_s", "fuse (s)", "{:.3f}"), ("fuse_compile_s", "its compile (s)", "{:.1f}"),
+      ("step_s", "train step (s)", "{:.3f}"), ("step_compile_s", "its compile (s)", "{:.1f}"),
       ("images_per_s", "images/s", "{:.2f}"), ("peak_gb", "peak memory (GB)", "{:.2f}")])
 
 

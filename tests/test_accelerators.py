@@ -122,6 +122,10 @@ def test_device_check_runs_as_a_cpu_smoke_test():
   row = [line for line in proc.stdout.splitlines() if line.startswith("| chunked")]
   assert len(row) == 1, proc.stdout
   cells = [c.strip() for c in row[0].strip("|").split("|")]
-  assert len(cells) == 6, row  # not "failed: ..."
+  assert len(cells) == 8, row  # not "failed: ..."
   assert float(cells[1]) < 1e-5  # parity with PyTorch's float32 output
   assert all(float(c) > 0 for c in cells[2:])
+  # Each measurement is echoed as the child makes it (what a run stopped midway still shows).
+  progress = [line for line in proc.stdout.splitlines() if line.startswith("# chunked, ")]
+  assert [p.split(": ", 1)[1].split()[:2] for p in progress] == [
+      ["model", "loaded;"], ["parity", cells[1] + ";"], ["fuse", cells[2]], ["train", "step"]]
