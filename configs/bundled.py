@@ -9,12 +9,16 @@
         --init_from STAGE3   # stage 3's weights (s4fusion_jax/weights/README.md)
     python train.py --config configs/bundled.py:5 --workdir runs/bundled5 \
         --init_from STAGE4   # stage 4's weights (s4fusion_jax/weights/README.md)
+    python train.py --config configs/bundled.py:6 --workdir runs/bundled6 \
+        --init_from s4fusion_jax/weights/s4fusion   # stage 5's weights, on a GPU
 
-The committed weights are stage 5's last step. Stage 1 trains from scratch; stages 2 to 5 each
-continue the previous stage's weights with a fresh optimizer and a schedule that decays to a
-small learning rate. No ImageNet weights exist on this machine, so the perceptual loss is off
-and the source weights come from the images' own Sobel energy (``image_gradient``). See
-s4fusion_jax/weights/README.md for the record (wall times, curves, TNO metrics).
+The committed weights are stage 5's last step; stage 6 is prepared for a GPU and not yet run
+(bench/device_session.sh sets its --config.num_steps to what the lent time allows). Stage 1
+trains from scratch; stages 2 to 6 each continue the previous stage's weights with a fresh
+optimizer and a schedule that decays to a small learning rate. No ImageNet weights exist on this
+machine, so the perceptual loss is off and the source weights come from the images' own Sobel
+energy (``image_gradient``). See s4fusion_jax/weights/README.md for the record (wall times,
+curves, TNO metrics).
 """
 
 import os
@@ -23,7 +27,7 @@ from configs import default
 from configs import smoke
 
 
-STAGES = ("1", "2", "3", "4", "5")
+STAGES = ("1", "2", "3", "4", "5", "6")
 # Stages 4 and 5 hold out these pairs of ../shared/data/roadscene_train to choose settings on.
 VALIDATION = dict(dataset="paired_folder", manual_dir=os.path.join(smoke.SHARED, "roadscene_train"),
                   name="roadscene_train_holdout", validation="roadscene_train_validation.txt")
@@ -32,7 +36,8 @@ VALIDATION = dict(dataset="paired_folder", manual_dir=os.path.join(smoke.SHARED,
 def get_config(stage="1"):
   """``stage``: "1" (from scratch, 500 steps), "2" or "3" (continued, 1,500 / 1,300 steps),
   "4" (continued from stage 3 on 160 pairs with c = 1.0, 800 steps), "5" (stage 4 continued,
-  1,200 steps at a lower peak learning rate)."""
+  1,200 steps at a lower peak learning rate), "6" (stage 5 continued on a GPU at the
+  reference's batch 20 of 229^2 crops, 300 steps unless told)."""
   if stage not in STAGES:
     raise ValueError(f"configs/bundled.py: stage must be one of {STAGES}, got {stage!r}")
   config = default.get_config()
@@ -51,7 +56,7 @@ def get_config(stage="1"):
     config.optimizer.update(warmup_steps=50)
     config.checkpoint_every = 50
     config.eval_every = 125
-  elif stage in ("4", "5"):
+  elif stage in ("4", "5", "6"):
     # Stages 1-3 trained on all 180 pairs with c = 0.01 (one-hot: each crop copies its
     # sharper source). Stage 4 trains on 160 of them and validates on the 20 of
     # s4fusion_jax/splits/roadscene_train_validation.txt (every ninth name; stages 1-3 saw
@@ -75,6 +80,14 @@ def get_config(stage="1"):
       config.num_steps = 1200
       config.seed = 5
       config.optimizer.update(start_lr=1e-4, ref_lr=5e-4, final_lr=2e-5)
+    if stage == "6":
+      # The first stage on an accelerator: the reference's batch and crops (20 x 229^2, 14x the
+      # pixels of a stage-5 step), other crops, a warm restart at half stage 5's peak.
+      config.batch_size = 20
+      config.crop_size = 229
+      config.num_steps = 300
+      config.seed = 6
+      config.optimizer.update(start_lr=5e-5, ref_lr=2.5e-4, final_lr=1e-5)
   else:
     # At 97^2 crops the activations are small: no recomputation is 22% faster per step.
     config.model.remat = False

@@ -227,12 +227,12 @@ def test_every_shipped_config_builds(name, arg):
 
 
 def test_bundled_config_names_its_stages():
-  with pytest.raises(ValueError, match=r"stage must be one of \('1', '2', '3', '4', '5'\)"):
-    bundled.get_config("6")
+  with pytest.raises(ValueError, match=r"stage must be one of \('1', '2', '3', '4', '5', '6'\)"):
+    bundled.get_config("7")
 
 
-@pytest.mark.parametrize("stage", ["4", "5"])
-def test_bundled_stages_4_and_5_validate_on_pairs_they_do_not_train_on(stage):
+@pytest.mark.parametrize("stage", ["4", "5", "6"])
+def test_bundled_stages_4_to_6_validate_on_pairs_they_do_not_train_on(stage):
   config = bundled.get_config(stage)
   (train,), val = config.data.train, config.data.val
   assert (train["split"], val["split"]) == ("train", "validation")
