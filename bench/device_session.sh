@@ -1,0 +1,62 @@
+# One lent GPU machine, one command: bench/device_check.py (the chunked backend first), the GPU
+# training stage of the bundled model (configs/bundled.py:6, as many steps as the time allows),
+# bench/fuse_batch.py, then device_check's other backends; each bounded so the whole ends within
+# BUDGET seconds (default 555). Every measurement is printed as it is made.
+#
+# Prepare here (Python 3.12 wheels of what the machine's image lacks, bench/device_wheels.txt;
+# the data and the fixture), from the repository's root:
+#   mkdir -p .devcarry/whl && echo /.devcarry/ >> .git/info/exclude
+#   P="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64"
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $P \
+#       -d .devcarry/whl -r bench/device_wheels.txt
+#   pip wheel --no-deps -w .devcarry/whl promise==2.3    # TFDS imports it; PyPI has no wheel
+#   cp -r ../shared/data/roadscene_train ../shared/golden/golden_s4fusion_61x73.npz .devcarry/
+# and run `bash bench/device_session.sh` there with .devcarry beside it (about 53 MB with the
+# repository). What it writes to $OUT (default device_out/): log.txt; stage6.tgz (the stage's
+# log, samples, validation and best weights); last.tar.* (its last checkpoint, when not its best).
+START=$(date +%s); BUDGET=${BUDGET:-555}; OUT=${OUT:-device_out}; mkdir -p "$OUT"
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+reap() { pkill -f "bench/(device_check|fuse_batch).py"; sleep 1; }  # children of a timed-out run
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+rm -rf /tmp/site /tmp/stage6
+if [ -d .devcarry/whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .devcarry/whl/*.whl || exit 3
+fi
+export PYTHONPATH=/tmp/site:$PWD
+if ! [ -d ../shared/data/roadscene_train ]; then
+  mkdir -p ../shared/data && cp -r .devcarry/roadscene_train ../shared/data/
+fi
+date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__)" || exit 4
+python3 -c "import jax; print(jax.devices())" || exit 4
+G=.devcarry/golden_s4fusion_61x73.npz
+echo "== device_check chunked (left $(left) s)"
+timeout 200 python3 bench/device_check.py --golden $G --backends chunked $DC_ARGS | tee /tmp/dc.txt
+reap
+# The stage's steps (a multiple of 50): what leaves ~120 s for the rest and ~110 s for compiling and
+# validating, at device_check's train-step time (full loss, remat on: no less than stage 6's), or
+# 1 s where it did not finish.
+STEP=$(awk -F'|' '$2 ~ /^ chunked / && $3 !~ /failed/ {gsub(/ /, "", $6); print $6}' /tmp/dc.txt)
+N=$(python3 -c "print(max(50, min(1000, int((($(left) - 230) / ${STEP:-1.0}) // 50 * 50))))")
+echo "== stage 6: $N steps (train step ${STEP:-unmeasured} s; left $(left) s)"
+timeout $(( $(left) - 120 )) python3 train.py --config configs/bundled.py:6 --workdir /tmp/stage6 \
+  --init_from s4fusion_jax/weights/s4fusion --config.num_steps=$N --noprogress $STAGE_ARGS
+echo "stage 6: exit status $?"
+if [ -d /tmp/stage6 ]; then
+  tar czf "$OUT/stage6.tgz" -C /tmp/stage6 --exclude=checkpoints --exclude=tensorboard .
+  LAST=$(ls /tmp/stage6/checkpoints | grep -E '^[0-9]+$' | sort -n | tail -1)
+  [ -n "$LAST" ] && ! [ -d /tmp/stage6/best-$LAST ] && \
+    tar cf - -C /tmp/stage6/checkpoints $LAST | split -b 15m - "$OUT/last.tar."
+fi
+echo "== fuse batches (left $(left) s)"
+timeout $(( $(left) - 60 )) python3 bench/fuse_batch.py ${FB_ARGS:---batches 1 2 4 8 16}
+reap
+for backend in associative sequential; do
+  echo "== device_check $backend (left $(left) s)"
+  [ $(left) -gt 40 ] && timeout $(( ($(left) - 5) / 2 + 5 )) \
+    python3 bench/device_check.py --golden $G --backends $backend $DC_ARGS
+  reap
+done
+echo "== done, left $(left) s"; date -u
