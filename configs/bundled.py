@@ -28,7 +28,7 @@ from configs import smoke
 
 
 STAGES = ("1", "2", "3", "4", "5", "6")
-# Stages 4 and 5 hold out these pairs of ../shared/data/roadscene_train to choose settings on.
+# Stages 4 to 6 hold out these pairs of ../shared/data/roadscene_train to choose settings on.
 VALIDATION = dict(dataset="paired_folder", manual_dir=os.path.join(smoke.SHARED, "roadscene_train"),
                   name="roadscene_train_holdout", validation="roadscene_train_validation.txt")
 
