@@ -80,17 +80,16 @@ def run_cases(script, cases, extra_args=()):
     with tempfile.TemporaryFile("w+") as stderr:
       child = subprocess.Popen([sys.executable, script, "--case", case, *extra_args],
                                stdout=subprocess.PIPE, stderr=stderr, text=True)
-      lines = []
-      for line in child.stdout:
-        if line.startswith("# "):
-          print(line, end="", flush=True)
-        lines.append(line)
+      last = ""
+      for last in child.stdout:
+        if last.startswith("# "):
+          print(last, end="", flush=True)
       child.wait()
       if child.returncode != 0:
         stderr.seek(0)
         rows.append({"case": case, "error": stderr.read().strip().splitlines()[-1:]})
         continue
-    rows.append(json.loads(lines[-1]))
+    rows.append(json.loads(last))
   return rows
 
 

@@ -6,33 +6,29 @@
 The number that chooses how many pairs of one size bucket evaluation fuses per call on a
 platform: batch B pays off where seconds per pair at B is below that at 1. Each backend runs
 in its own process; each batch size compiles its own program (compile seconds in the table)
-and runs it ``--repeats`` times after a warm-up (median). Random pairs, one bucket's program,
-as ``model.fuse`` runs it under ``jit``.
+and runs it ``--repeats`` times after a warm-up (median): ``device_check.fuse_seconds`` on
+random pairs.
 """
 
 import argparse
 import json
 
 import jax
-from flax import nnx
 
 import common  # pylint: disable=wrong-import-order
+import device_check  # pylint: disable=wrong-import-order
 from s4fusion_jax.evaluation import inference  # pylint: disable=wrong-import-order
 from s4fusion_jax.interop import checkpoint  # pylint: disable=wrong-import-order
-from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
 
 BACKENDS = ("auto", "chunked", "associative", "sequential")
 
 
 def run_case(args):
   model = checkpoint.load_model(inference.BUNDLED_MODEL, scan_backend=args.case)
-  graphdef, state = nnx.split(model)
   rows = []
   for batch in args.batches:
     x = jax.random.uniform(jax.random.key(batch), (batch, *args.size, 1))
-    compile_s, compiled = common.compile_timed(
-        lambda s, a, b: model_lib.fuse(nnx.merge(graphdef, s), a, b), state, x, x)
-    seconds = common.time_run(compiled, state, x, x, repeats=args.repeats)
+    compile_s, seconds = device_check.fuse_seconds(model, x, args.repeats)
     rows.append({"batch": batch, "compile_s": compile_s, "s": seconds, "per_pair": seconds / batch})
     common.progress(f"{args.case}, batch {batch}: {seconds / batch:.4f} s per pair (compiled in "
                     f"{compile_s:.1f} s)")
