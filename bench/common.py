@@ -94,14 +94,16 @@ def run_cases(script, cases, extra_args=()):
 
 
 def print_table(rows, columns):
-  """Prints ``rows`` (dicts) as a markdown table of ``columns`` (key, header, format)."""
+  """Prints ``rows`` (dicts) as a markdown table of ``columns`` (key, header, format); a
+  column a row does not have (a measurement not asked for) shows "-"."""
   print("| " + " | ".join(h for _, h, _ in columns) + " |")
   print("|" + "---|" * len(columns))
   for row in rows:
     if "error" in row:
       print(f"| {row['case']} | failed: {row['error']} |")
       continue
-    print("| " + " | ".join(fmt.format(row[k]) for k, _, fmt in columns) + " |")
+    print("| " + " | ".join(fmt.format(row[k]) if k in row else "-" for k, _, fmt in columns)
+          + " |")
 
 
 def cpu():

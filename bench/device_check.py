@@ -8,12 +8,14 @@ Copy the golden fixture (16 MB) to the machine. It needs JAX, flax, optax, einop
 ml_collections (for configs/default.py), and runs with the JAX it finds: no dataset, TFDS,
 grain or orbax. Each backend runs in its own process (so the peak memory is its own) and
 prints one row of one markdown table:
-  parity       max |ours - golden| / max |golden| of the fused golden pair, float32
+  parity       max |ours - golden| / max |golden| of the fused golden pair, float32, at JAX's
+               default matmul / convolution precision (on an NVIDIA GPU that allows TF32) and
+               at "highest" (full float32)
   fuse         seconds for ``model.fuse`` on one random --fuse_size pair (median of 3), and
                the seconds compiling it took
   train step   seconds per step at --batch x --crop^2, configs/default.py's full loss
                (ResNet50 entropy and weights, random ResNet50 weights), remat on, and the
-               seconds compiling it took
+               seconds compiling it took (--steps 0: not measured, "-")
   images/s     --batch / train step
   peak memory  the device's peak_bytes_in_use after both (``device.memory_stats()``); on CPU,
                where JAX keeps no such count, the process's peak resident memory
@@ -42,10 +44,13 @@ GOLDEN = os.path.join(common.REPO, "..", "shared", "golden", "golden_s4fusion_61
 BACKENDS = ("sequential", "associative", "chunked")
 
 
-def parity(model, golden):
+def parity(model, golden, precision=None):
+  """max |ours - PyTorch's| / max |PyTorch's| of the fused golden pair, float32, with JAX's
+  default matmul / convolution precision set to ``precision`` (None: as configured)."""
   ir, vi = (np.asarray(golden[f"input/{m}"], np.float32).transpose(0, 2, 3, 1)
             for m in ("ir", "vi"))
-  ours = np.asarray(nnx.jit(lambda m, a, b: m(a, b))(model, ir, vi), np.float64)
+  with jax.default_matmul_precision(precision):
+    ours = np.asarray(nnx.jit(lambda m, a, b: m(a, b))(model, ir, vi), np.float64)
   ref = golden["float32/output"].transpose(0, 2, 3, 1).astype(np.float64)  # PyTorch, float32
   return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
@@ -89,19 +94,21 @@ def run_case(args):
   state_dict = {k[len("param/"):]: v for k, v in golden.items() if k.startswith("param/")}
   model = reference.from_torch_state_dict(state_dict, scan_backend=args.case)
   report("model loaded; fusing the golden pair")
-  row = {"case": args.case, "parity": parity(model, golden)}
-  report(f"parity {row['parity']:.1e}; compiling the {args.fuse_size[0]} x "
-         f"{args.fuse_size[1]} fuse")
+  row = {"case": args.case, "parity": parity(model, golden),
+         "parity_highest": parity(model, golden, "highest")}
+  report(f"parity {row['parity']:.1e} (default precision), {row['parity_highest']:.1e} "
+         f"(highest); compiling the {args.fuse_size[0]} x {args.fuse_size[1]} fuse")
   pair = jax.random.uniform(jax.random.key(0), (1, *args.fuse_size, 1))
   row["fuse_compile_s"], row["fuse_s"] = fuse_seconds(model, pair)
-  report(f"fuse {row['fuse_s']:.3f} s (compiled in {row['fuse_compile_s']:.1f} s); compiling "
-         f"the train step, {args.batch} x {args.crop}^2")
-  model.train()
-  row["step_compile_s"], row["step_s"] = train_seconds(model, args.case, args.batch, args.crop,
-                                                       args.steps)
-  row["images_per_s"] = args.batch / row["step_s"]
+  report(f"fuse {row['fuse_s']:.3f} s (compiled in {row['fuse_compile_s']:.1f} s)"
+         + (f"; compiling the train step, {args.batch} x {args.crop}^2" if args.steps else ""))
+  if args.steps:
+    model.train()
+    row["step_compile_s"], row["step_s"] = train_seconds(model, args.case, args.batch,
+                                                         args.crop, args.steps)
+    row["images_per_s"] = args.batch / row["step_s"]
+    report(f"train step {row['step_s']:.3f} s (compiled in {row['step_compile_s']:.1f} s)")
   row["peak_gb"] = peak_memory_gb()
-  report(f"train step {row['step_s']:.3f} s (compiled in {row['step_compile_s']:.1f} s)")
   print(json.dumps(row))
 
 
@@ -113,7 +120,8 @@ def main():
   parser.add_argument("--fuse_size", nargs=2, type=int, default=(481, 637), metavar=("H", "W"))
   parser.add_argument("--batch", type=int, default=20)
   parser.add_argument("--crop", type=int, default=229, help="training crop (size rule: 12k+1)")
-  parser.add_argument("--steps", type=int, default=3, help="timed train steps (median)")
+  parser.add_argument("--steps", type=int, default=3,
+                      help="timed train steps (median); 0: no train step")
   parser.add_argument("--case", help=argparse.SUPPRESS)  # one backend, in a child process
   args = parser.parse_args()
   if args.case:
@@ -125,10 +133,12 @@ def main():
   extra = ["--golden", args.golden, "--fuse_size", *map(str, args.fuse_size), "--batch",
            str(args.batch), "--crop", str(args.crop), "--steps", str(args.steps)]
   rows = common.run_cases(__file__, args.backends, extra)
+  step = f", train step {args.batch} x {args.crop}^2 (full loss)" if args.steps else ""
   print(f"{common.machine()}, jax {jax.__version__}; fuse {args.fuse_size[0]} x "
-        f"{args.fuse_size[1]}, train step {args.batch} x {args.crop}^2 (full loss)\n")
+        f"{args.fuse_size[1]}{step}\n")
   common.print_table(rows, [
       ("case", "backend", "{}"), ("parity", "parity (max rel. err.)", "{:.1e}"),
+      ("parity_highest", "at precision highest", "{:.1e}"),
       ("fuse_s", "fuse (s)", "{:.3f}"), ("fuse_compile_s", "its compile (s)", "{:.1f}"),
       ("step_s", "train step (s)", "{:.3f}"), ("step_compile_s", "its compile (s)", "{:.1f}"),
       ("images_per_s", "images/s", "{:.2f}"), ("peak_gb", "peak memory (GB)", "{:.2f}")])

@@ -1,7 +1,8 @@
-# One lent GPU machine, one command: bench/device_check.py (the chunked backend first), the GPU
-# training stage of the bundled model (configs/bundled.py:6, as many steps as the time allows),
-# bench/fuse_batch.py, then device_check's other backends; each bounded so the whole ends within
-# BUDGET seconds (default 555). Every measurement is printed as it is made.
+# One lent GPU machine, one command: bench/device_check.py's parity (at both precisions) and fuse
+# for the chunked backend, the GPU training stage of the bundled model (configs/bundled.py:6, as
+# many steps as the time allows; its log gives the train step's compile and speed),
+# bench/fuse_batch.py, then the other backends' parity and fuse; each bounded so the whole ends
+# within BUDGET seconds (default 555). Every measurement is printed as it is made.
 #
 # Prepare here (Python 3.12 wheels of what the machine's image lacks, bench/device_wheels.txt;
 # the data and the fixture), from the repository's root:
@@ -32,16 +33,15 @@ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__)" || exit 4
 python3 -c "import jax; print(jax.devices())" || exit 4
 G=.devcarry/golden_s4fusion_61x73.npz
-echo "== device_check chunked (left $(left) s)"
-timeout 200 python3 bench/device_check.py --golden $G --backends chunked $DC_ARGS | tee /tmp/dc.txt
+echo "== device_check chunked, parity and fuse (left $(left) s)"
+timeout 150 python3 bench/device_check.py --golden $G --backends chunked --steps 0 $DC_ARGS
 reap
-# The stage's steps (a multiple of 50): what leaves ~120 s for the rest and ~110 s for compiling and
-# validating, at device_check's train-step time (full loss, remat on: no less than stage 6's), or
-# 1 s where it did not finish.
-STEP=$(awk -F'|' '$2 ~ /^ chunked / && $3 !~ /failed/ {gsub(/ /, "", $6); print $6}' /tmp/dc.txt)
-N=$(python3 -c "print(max(50, min(1000, int((($(left) - 230) / ${STEP:-1.0}) // 50 * 50))))")
-echo "== stage 6: $N steps (train step ${STEP:-unmeasured} s; left $(left) s)"
-timeout $(( $(left) - 120 )) python3 train.py --config configs/bundled.py:6 --workdir /tmp/stage6 \
+# The stage's steps (a multiple of 50): at STEP_S seconds a step (0.67 s on the H200 of
+# 2026-12-04, images/s of its first 40 steps), what leaves 260 s for start-up, the dataset,
+# compiling (its train step took ~170 s there) and validating, and 60 s for the rest.
+N=$(python3 -c "print(max(50, int(($(left) - 320) / ${STEP_S:-0.7} // 50 * 50)))")
+echo "== stage 6: $N steps (left $(left) s)"
+timeout $(( $(left) - 60 )) python3 train.py --config configs/bundled.py:6 --workdir /tmp/stage6 \
   --init_from s4fusion_jax/weights/s4fusion --config.num_steps=$N --noprogress $STAGE_ARGS
 echo "stage 6: exit status $?"
 if [ -d /tmp/stage6 ]; then
@@ -51,12 +51,13 @@ if [ -d /tmp/stage6 ]; then
     tar cf - -C /tmp/stage6/checkpoints $LAST | split -b 15m - "$OUT/last.tar."
 fi
 echo "== fuse batches (left $(left) s)"
-timeout $(( $(left) - 60 )) python3 bench/fuse_batch.py ${FB_ARGS:---batches 1 2 4 8 16}
+[ $(left) -gt 40 ] && timeout $(( $(left) / 2 )) \
+  python3 bench/fuse_batch.py ${FB_ARGS:---batches 1 4}
 reap
 for backend in associative sequential; do
-  echo "== device_check $backend (left $(left) s)"
-  [ $(left) -gt 40 ] && timeout $(( ($(left) - 5) / 2 + 5 )) \
-    python3 bench/device_check.py --golden $G --backends $backend $DC_ARGS
+  echo "== device_check $backend, parity and fuse (left $(left) s)"
+  [ $(left) -gt 30 ] && timeout $(( ($(left) - 5) / 2 + 5 )) \
+    python3 bench/device_check.py --golden $G --backends $backend --steps 0 $DC_ARGS
   reap
 done
 echo "== done, left $(left) s"; date -u

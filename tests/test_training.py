@@ -101,6 +101,7 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path, smoke_run):
   resumed = run(["train.py", f"--workdir={killed}", *TRAIN_FLAGS])
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed from step" in resumed.stdout
+  assert re.search(r"^train step ready in \d+\.\d s ", resumed.stdout, re.M), resumed.stdout
   for a, b in zip(final_params(smoke_run, 12), final_params(killed, 12)):
     np.testing.assert_array_equal(a, b)
   # The steps logged before the kill past its last checkpoint are not logged twice.

@@ -221,8 +221,16 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
     batch = next(data_iterator)
     batch = jax.make_array_from_process_local_data(sharded, {k: batch[k] for k in ("ir", "vi")})
     if compiled is None:  # compiled ahead, so that no process enters its collectives early
+      begun = time.perf_counter()
       compiled = compile_cache.compile_lowered(step_fn.lower(state, batch, resnet_state))
       cluster.barrier("compiled the train step")
+      # Printed as it happens (a run cut short by a time limit still shows it).
+      note = (f"train step ready in {time.perf_counter() - begun:.1f} s (traced, and compiled "
+              "or read from the compile cache)")
+      if bar is not None:
+        bar.write(note)
+      elif jax.process_index() == 0:
+        print(note, flush=True)
       host_memory.resume_collections()  # paused by train.py: its start-up is done
       tick = time.perf_counter()
     state, metrics = compiled(state, batch, resnet_state)
