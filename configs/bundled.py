@@ -12,13 +12,13 @@
     python train.py --config configs/bundled.py:6 --workdir runs/bundled6 \
         --init_from s4fusion_jax/weights/s4fusion   # stage 5's weights, on a GPU
 
-The committed weights are stage 5's last step; stage 6 is prepared for a GPU and not yet run
-(bench/device_session.sh sets its --config.num_steps to what the lent time allows). Stage 1
-trains from scratch; stages 2 to 6 each continue the previous stage's weights with a fresh
-optimizer and a schedule that decays to a small learning rate. No ImageNet weights exist on this
-machine, so the perceptual loss is off and the source weights come from the images' own Sobel
-energy (``image_gradient``). See s4fusion_jax/weights/README.md for the record (wall times,
-curves, TNO metrics).
+The committed weights are stage 5's last step; stage 6 is prepared for a GPU and has not
+finished a run (bench/device_session.sh sets its --config.num_steps to what the lent time
+allows). Stage 1 trains from scratch; stages 2 to 6 each continue the previous stage's weights
+with a fresh optimizer and a schedule that decays to a small learning rate. No ImageNet weights
+exist on this machine, so the perceptual loss is off and the source weights come from the
+images' own Sobel energy (``image_gradient``). See s4fusion_jax/weights/README.md for the record
+(wall times, curves, TNO metrics).
 """
 
 import os
