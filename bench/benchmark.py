@@ -71,9 +71,8 @@ def scan_case(backend, shape, mode):
 def model_case(backend, what):
   if what == "fuse 481x637":
     config = model_lib.ModelConfig(scan_backend=backend)
-    graphdef, params = nnx.split(model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
     x = jax.random.uniform(jax.random.key(1), (1, 481, 637, 1))
-    return (lambda p, a, b: model_lib.fuse(nnx.merge(graphdef, p), a, b)), (params, x, x)
+    return common.fuse_program(model_lib.S4Fusion(config, rngs=nnx.Rngs(0)), x)
   config = default.get_config()
   config.model.scan_backend = backend
   config.microbatches = 4 if "micro" in what else 1

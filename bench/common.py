@@ -26,6 +26,9 @@ host_memory.reuse_freed_buffers()
 cpu_loops.run_small_loops_whole()
 
 import jax  # pylint: disable=wrong-import-position,wrong-import-order
+from flax import nnx  # pylint: disable=wrong-import-position,wrong-import-order
+
+from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-position
 
 
 def compile_timed(fn, *args):
@@ -33,6 +36,13 @@ def compile_timed(fn, *args):
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   return time.perf_counter() - start, compiled
+
+
+def fuse_program(model, x):
+  """``model.fuse`` on the pair (x, x), x (batch, H, W, 1), as a function of the model's state
+  for ``jax.jit``: (fn, (state, x, x))."""
+  graphdef, state = nnx.split(model)
+  return (lambda s, a, b: model_lib.fuse(nnx.merge(graphdef, s), a, b)), (state, x, x)
 
 
 def time_run(compiled, *args, repeats=3):

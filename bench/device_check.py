@@ -36,7 +36,6 @@ from flax import nnx
 import common  # pylint: disable=wrong-import-order
 from configs import default  # pylint: disable=wrong-import-order
 from s4fusion_jax.interop import reference  # pylint: disable=wrong-import-order
-from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import resnet  # pylint: disable=wrong-import-order
 from s4fusion_jax.training import train_step  # pylint: disable=wrong-import-order
 
@@ -58,10 +57,9 @@ def parity(model, golden, precision=None):
 def fuse_seconds(model, x, repeats=3):
   """(compile seconds, median seconds of ``repeats`` runs) of ``model.fuse`` on the pair (x, x),
   x (batch, H, W, 1), in one bucket's program under ``jit``."""
-  graphdef, state = nnx.split(model)
-  compile_s, compiled = common.compile_timed(
-      lambda s, a, b: model_lib.fuse(nnx.merge(graphdef, s), a, b), state, x, x)
-  return compile_s, common.time_run(compiled, state, x, x, repeats=repeats)
+  fn, args = common.fuse_program(model, x)
+  compile_s, compiled = common.compile_timed(fn, *args)
+  return compile_s, common.time_run(compiled, *args, repeats=repeats)
 
 
 def train_seconds(model, backend, batch, crop, steps):

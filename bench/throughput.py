@@ -73,9 +73,8 @@ def train_case(batch, size, full_loss, config=None):
 
 def fuse_case():
   config = model_lib.ModelConfig(**default.get_config().model)
-  graphdef, params = nnx.split(model_lib.S4Fusion(config, rngs=nnx.Rngs(0)))
-  x = uniform(3, (1, 481, 637, 1))
-  return (lambda p, a, b: model_lib.fuse(nnx.merge(graphdef, p), a, b)), (params, x, x)
+  return common.fuse_program(model_lib.S4Fusion(config, rngs=nnx.Rngs(0)),
+                             uniform(3, (1, 481, 637, 1)))
 
 
 CASES = {
