@@ -209,3 +209,4 @@ def test_a_compile_log_counts_until_closed():
     assert log.programs == 1 and log.seconds > 0
   jax.jit(lambda x: x * 5 + 2).lower(x).compile()
   assert log.programs == 1
+  log.close()  # closed already (by leaving the with): nothing to do, no error

@@ -264,6 +264,7 @@ class CompileLog:
     self.programs = self.hits = 0
     self.seconds = 0.0
     self._lock = threading.Lock()
+    self._open = True
     jax.monitoring.register_event_listener(self._event)
     jax.monitoring.register_event_duration_secs_listener(self._duration)
 
@@ -281,7 +282,10 @@ class CompileLog:
         self.seconds += duration
 
   def close(self):
-    """Stops counting: JAX no longer calls this log."""
+    """Stops counting: JAX no longer calls this log. Closing it again does nothing."""
+    if not self._open:
+      return
+    self._open = False
     jax.monitoring.unregister_event_listener(self._event)
     jax.monitoring.unregister_event_duration_listener(self._duration)
 
