@@ -45,6 +45,14 @@ def fuse_program(model, x):
   return (lambda s, a, b: model_lib.fuse(nnx.merge(graphdef, s), a, b)), (state, x, x)
 
 
+def fuse_seconds(model, x, repeats=3):
+  """(compile seconds, median seconds of ``repeats`` runs) of ``model.fuse`` on the pair (x, x),
+  x (batch, H, W, 1), in one bucket's program under ``jit``."""
+  fn, args = fuse_program(model, x)
+  compile_s, compiled = compile_timed(fn, *args)
+  return compile_s, time_run(compiled, *args, repeats=repeats)
+
+
 def time_run(compiled, *args, repeats=3):
   """The median seconds of ``repeats`` runs of ``compiled`` after one warm-up run."""
   jax.block_until_ready(compiled(*args))

@@ -54,14 +54,6 @@ def parity(model, golden, precision=None):
   return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
-def fuse_seconds(model, x, repeats=3):
-  """(compile seconds, median seconds of ``repeats`` runs) of ``model.fuse`` on the pair (x, x),
-  x (batch, H, W, 1), in one bucket's program under ``jit``."""
-  fn, args = common.fuse_program(model, x)
-  compile_s, compiled = common.compile_timed(fn, *args)
-  return compile_s, common.time_run(compiled, *args, repeats=repeats)
-
-
 def train_seconds(model, backend, batch, crop, steps):
   config = default.get_config()
   config.model.scan_backend = backend
@@ -97,7 +89,7 @@ def run_case(args):
   report(f"parity {row['parity']:.1e} (default precision), {row['parity_highest']:.1e} "
          f"(highest); compiling the {args.fuse_size[0]} x {args.fuse_size[1]} fuse")
   pair = jax.random.uniform(jax.random.key(0), (1, *args.fuse_size, 1))
-  row["fuse_compile_s"], row["fuse_s"] = fuse_seconds(model, pair)
+  row["fuse_compile_s"], row["fuse_s"] = common.fuse_seconds(model, pair)
   report(f"fuse {row['fuse_s']:.3f} s (compiled in {row['fuse_compile_s']:.1f} s)"
          + (f"; compiling the train step, {args.batch} x {args.crop}^2" if args.steps else ""))
   if args.steps:

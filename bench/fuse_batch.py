@@ -6,7 +6,7 @@
 The number that chooses how many pairs of one size bucket evaluation fuses per call on a
 platform: batch B pays off where seconds per pair at B is below that at 1. Each backend runs
 in its own process; each batch size compiles its own program (compile seconds in the table)
-and runs it ``--repeats`` times after a warm-up (median): ``device_check.fuse_seconds`` on
+and runs it ``--repeats`` times after a warm-up (median): ``common.fuse_seconds`` on
 random pairs.
 """
 
@@ -16,7 +16,6 @@ import json
 import jax
 
 import common  # pylint: disable=wrong-import-order
-import device_check  # pylint: disable=wrong-import-order
 from s4fusion_jax.evaluation import inference  # pylint: disable=wrong-import-order
 from s4fusion_jax.interop import checkpoint  # pylint: disable=wrong-import-order
 
@@ -28,7 +27,7 @@ def run_case(args):
   rows = []
   for batch in args.batches:
     x = jax.random.uniform(jax.random.key(batch), (batch, *args.size, 1))
-    compile_s, seconds = device_check.fuse_seconds(model, x, args.repeats)
+    compile_s, seconds = common.fuse_seconds(model, x, args.repeats)
     rows.append({"batch": batch, "compile_s": compile_s, "s": seconds, "per_pair": seconds / batch})
     common.progress(f"{args.case}, batch {batch}: {seconds / batch:.4f} s per pair (compiled in "
                     f"{compile_s:.1f} s)")
