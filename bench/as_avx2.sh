@@ -22,7 +22,7 @@ if ! grep -q -w avx2 /proc/cpuinfo; then
   exit 2
 fi
 loops=()
-trap 'kill "${loops[@]}" 2>/dev/null' EXIT
+trap 'kill "${loops[@]}" 2>/dev/null; wait "${loops[@]}" 2>/dev/null' EXIT  # gone on return
 for _ in $(seq 1 "$LOAD"); do
   bash -c 'while :; do :; done' &
   loops+=($!)
