@@ -13,15 +13,6 @@ import os
 import signal
 import sys
 
-from s4fusion_jax.runtime import cpu_loops
-from s4fusion_jax.runtime import host_memory
-
-if __name__ == "__main__":
-  host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
-  cpu_loops.run_small_loops_whole()  # XLA_FLAGS, before JAX starts
-  host_memory.no_collection_at_exit()
-  host_memory.pause_collections()  # resumed once the model is loaded
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -54,7 +45,6 @@ def main(argv):
   compiles = compile_cache.CompileLog()
   try:
     fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend, f.exact_sizes)
-    host_memory.resume_collections()
     fused = {"pairs": 0}
     kill_after = int(os.environ.get(KILL_AFTER, 0))
 

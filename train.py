@@ -14,14 +14,6 @@ import os
 import sys
 import time
 
-from s4fusion_jax.runtime import cpu_loops
-from s4fusion_jax.runtime import host_memory
-
-if __name__ == "__main__":
-  host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
-  cpu_loops.run_small_loops_whole()  # XLA_FLAGS, before JAX starts
-  host_memory.pause_collections()  # resumed once the train step is compiled
-
 from absl import app
 from absl import flags
 from absl import logging

@@ -31,7 +31,6 @@ from s4fusion_jax.numerics import scan
 from s4fusion_jax.objectives import losses
 from s4fusion_jax.runtime import cluster
 from s4fusion_jax.runtime import compile_cache
-from s4fusion_jax.runtime import host_memory
 from s4fusion_jax.training import run_log
 from s4fusion_jax.training import samples
 from s4fusion_jax.training import train_step
@@ -231,7 +230,6 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
         bar.write(note)
       elif jax.process_index() == 0:
         print(note, flush=True)
-      host_memory.resume_collections()  # paused by train.py: its start-up is done
       tick = time.perf_counter()
     state, metrics = compiled(state, batch, resnet_state)
     done = step + 1
