@@ -29,7 +29,6 @@ from s4fusion_jax.evaluation import baselines
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.numerics import color
 from s4fusion_jax.numerics import sizes
-from s4fusion_jax.runtime import compile_cache
 
 METHODS = tuple(baselines.METHODS)
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # s4fusion_jax/
@@ -44,16 +43,11 @@ def to_uint8(x):
 class Fuser:
   """Fuses uint8 pairs with an S4Fusion model or a baseline (one of ``METHODS``)."""
 
-  def __init__(self, model=None, method=None, exact_sizes=False, reuse_traces=False):
+  def __init__(self, model=None, method=None, exact_sizes=False):
     """``exact_sizes``: one program per padded size instead of one per size bucket.
 
     The model's parameters are taken once, here: changes to ``model`` afterwards do not reach
     this Fuser.
-
-    ``reuse_traces``: keep each program's traced form in the persistent cache
-    (``compile_cache.jit_reusing_traces``, keyed by the model's config and this package's
-    code), for a model as ``checkpoint.load_model`` makes it (``from_flags``, the entry
-    points); a model changed in other ways (its mode, a method replaced) must not use it.
     """
     if (model is None) == (method is None):
       raise ValueError("give exactly one of a model and a method")
@@ -65,12 +59,7 @@ class Fuser:
       return
     self._state = nnx.state(model)  # the parameters (and any statistics) as of now
     graphdef = nnx.graphdef(model)
-    apply = lambda s, a, b, valid: nnx.merge(graphdef, s)(a, b, valid)
-    if reuse_traces:
-      self._apply = compile_cache.jit_reusing_traces(
-          apply, {"program": "Fuser", "config": dataclasses.asdict(model.config)})
-    else:
-      self._apply = jax.jit(apply)
+    self._apply = jax.jit(lambda s, a, b, valid: nnx.merge(graphdef, s)(a, b, valid))
 
   @classmethod
   def from_flags(cls, checkpoint_dir=None, method=None, scan_backend="auto", exact_sizes=False):
@@ -83,7 +72,7 @@ class Fuser:
           f"no model at {path}: pass --checkpoint (a converted or trained S4Fusion checkpoint) "
           f"or --method {'|'.join(METHODS)}")
     return cls(model=checkpoint.load_model(path, scan_backend=scan_backend),
-               exact_sizes=exact_sizes, reuse_traces=True)
+               exact_sizes=exact_sizes)
 
   def signature(self):
     """What decides the fused images, as JSON-able values: the baseline; or the model's config,
