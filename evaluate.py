@@ -9,8 +9,6 @@ directory (python -m s4fusion_jax prepare ...) read at --split. Without --checkp
 it fuses only the pairs not yet done (a different model or setting starts afresh).
 """
 
-import os
-import signal
 import sys
 
 from absl import app
@@ -33,9 +31,6 @@ flags.DEFINE_bool("exact_sizes", False, "one compiled program per padded image s
 flags.DEFINE_integer("samples", 4, "pairs drawn in samples.png")
 flags.DEFINE_bool("progress", True, "show a progress bar")
 
-# A test hook: the process kills itself (SIGKILL) after fusing this many pairs.
-KILL_AFTER = "S4FUSION_EVALUATE_KILL_AFTER"
-
 
 def main(argv):
   del argv
@@ -46,15 +41,9 @@ def main(argv):
   try:
     fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend, f.exact_sizes)
     fused = {"pairs": 0}
-    kill_after = int(os.environ.get(KILL_AFTER, 0))
-
-    def on_pair(count):
-      fused["pairs"] = count
-      if count == kill_after:
-        os.kill(os.getpid(), signal.SIGKILL)
-
     mean = evaluator.evaluate(fuser, f.data, f.out, split=f.split, num_samples=f.samples,
-                              progress=f.progress, on_pair=on_pair)
+                              progress=f.progress,
+                              on_pair=lambda count: fused.update(pairs=count))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -99,7 +99,7 @@ def test_a_warm_cache_and_a_process_finishing_late(tmp_path, two_process_run, ca
   alone writes)."""
   workdir = tmp_path / "warm"
   outputs = finish(start_cluster(workdir, (cache, cache), flags=["--shutdown_timeout_s=2"],
-                                 envs=({}, {train.LINGER_S: "6"})))
+                                 envs=({}, {train.TEST_HOOK: "linger_after_training_s=6"})))
   assert cache_reads(outputs[0]) > 1 and cache_reads(outputs[1]) == 0
   assert_same_run(workdir, two_process_run)
 
