@@ -75,7 +75,7 @@ def _fuse(args):
   if os.path.isdir(args.ir) != os.path.isdir(args.vi):
     raise ValueError("--ir and --vi must both be files or both be folders")
   if os.path.isdir(args.ir):
-    # Only folders need it: it imports tensorflow_datasets (~0.2 s) for its dataset builders.
+    # Only folders need it: it imports tensorflow_datasets for its dataset builders.
     from s4fusion_jax.data import datasets  # pylint: disable=import-outside-toplevel
     pairs, _ = datasets.check_pairs(args.ir, args.vi)
     jobs = [(p.ir_path, p.vi_path, os.path.join(args.out, os.path.splitext(p.name)[0] + ".png"))
