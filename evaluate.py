@@ -9,18 +9,7 @@ directory (python -m s4fusion_jax prepare ...) read at --split. Without --checkp
 it fuses only the pairs not yet done (a different model or setting starts afresh).
 """
 
-import os
-import signal
 import sys
-
-from s4fusion_jax.runtime import cpu_loops
-from s4fusion_jax.runtime import host_memory
-
-if __name__ == "__main__":
-  host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
-  cpu_loops.run_small_loops_whole()  # XLA_FLAGS, before JAX starts
-  host_memory.no_collection_at_exit()
-  host_memory.pause_collections()  # resumed once the model is loaded
 
 from absl import app
 from absl import flags
@@ -42,9 +31,6 @@ flags.DEFINE_bool("exact_sizes", False, "one compiled program per padded image s
 flags.DEFINE_integer("samples", 4, "pairs drawn in samples.png")
 flags.DEFINE_bool("progress", True, "show a progress bar")
 
-# A test hook: the process kills itself (SIGKILL) after fusing this many pairs.
-KILL_AFTER = "S4FUSION_EVALUATE_KILL_AFTER"
-
 
 def main(argv):
   del argv
@@ -54,17 +40,10 @@ def main(argv):
   compiles = compile_cache.CompileLog()
   try:
     fuser = inference.Fuser.from_flags(f.checkpoint, f.method, f.scan_backend, f.exact_sizes)
-    host_memory.resume_collections()
     fused = {"pairs": 0}
-    kill_after = int(os.environ.get(KILL_AFTER, 0))
-
-    def on_pair(count):
-      fused["pairs"] = count
-      if count == kill_after:
-        os.kill(os.getpid(), signal.SIGKILL)
-
     mean = evaluator.evaluate(fuser, f.data, f.out, split=f.split, num_samples=f.samples,
-                              progress=f.progress, on_pair=on_pair)
+                              progress=f.progress,
+                              on_pair=lambda count: fused.update(pairs=count))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -14,14 +14,6 @@ import os
 import sys
 import time
 
-from s4fusion_jax.runtime import cpu_loops
-from s4fusion_jax.runtime import host_memory
-
-if __name__ == "__main__":
-  host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
-  cpu_loops.run_small_loops_whole()  # XLA_FLAGS, before JAX starts
-  host_memory.pause_collections()  # resumed once the train step is compiled
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -46,8 +38,20 @@ flags.DEFINE_float("cluster_timeout_s", cluster.DEFAULT_TIMEOUT_S, "a cluster: h
                    "process waits at a barrier for the others (e.g. while they compile)")
 flags.DEFINE_float("shutdown_timeout_s", cluster.DEFAULT_SHUTDOWN_TIMEOUT_S,
                    "a cluster: how long JAX's shutdown waits for the other processes")
-# A test hook: this process sleeps this long after its last step (a late process).
-LINGER_S = "S4FUSION_LINGER_AFTER_TRAINING_S"
+# For tests only: "linger_after_training_s=SECONDS" makes this process sleep that long after
+# its last step (a process of a cluster finishing late).
+TEST_HOOK = "S4FUSION_TEST_HOOK"
+
+
+def linger_seconds():
+  """The seconds ``TEST_HOOK`` asks this process to sleep after training (0 when unset)."""
+  hook = os.environ.get(TEST_HOOK)
+  if not hook:
+    return 0.0
+  name, _, seconds = hook.partition("=")
+  if name != "linger_after_training_s":
+    raise ValueError(f"{TEST_HOOK}={hook!r}: expected linger_after_training_s=SECONDS")
+  return float(seconds)
 
 
 def main(argv):
@@ -57,13 +61,14 @@ def main(argv):
   compile_cache.enable()
   compiles = compile_cache.CompileLog()
   try:
+    linger_s = linger_seconds()
     explicit = (f.coordinator_address, f.num_processes, f.process_id)
     if f.distributed or any(x is not None for x in explicit):
       cluster.join(*explicit, timeout_s=f.cluster_timeout_s,
                    shutdown_timeout_s=f.shutdown_timeout_s)
     trainer.train_and_evaluate(f.config, f.workdir, init_from=f.init_from,
                                progress=f.progress)
-    time.sleep(float(os.environ.get(LINGER_S, 0)))
+    time.sleep(linger_s)
     print(compiles.summary())
     cluster.leave()
   except (ValueError, FileNotFoundError, trainer.NonFiniteLoss, cluster.ClusterTimeout) as e:

@@ -16,15 +16,6 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from s4fusion_jax.runtime import cpu_loops  # pylint: disable=wrong-import-position
-from s4fusion_jax.runtime import host_memory  # pylint: disable=wrong-import-position
-
-# A bench measures what the entry points run: restarted with glibc's allocator settings
-# (host_memory; the bench's imports so far are done again), unless S4FUSION_REUSE_BUFFERS=0,
-# and small loops compiled whole (cpu_loops), unless S4FUSION_CPU_LOOP_BYTES=0.
-host_memory.reuse_freed_buffers()
-cpu_loops.run_small_loops_whole()
-
 import jax  # pylint: disable=wrong-import-position,wrong-import-order
 from flax import nnx  # pylint: disable=wrong-import-position,wrong-import-order
 

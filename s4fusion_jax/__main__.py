@@ -30,15 +30,6 @@ import importlib.util
 import os
 import sys
 
-from s4fusion_jax.runtime import cpu_loops
-from s4fusion_jax.runtime import host_memory
-
-if __name__ == "__main__":
-  host_memory.reuse_freed_buffers()  # a restart with glibc's settings, before JAX's import
-  cpu_loops.run_small_loops_whole()  # XLA_FLAGS, before JAX starts
-  host_memory.no_collection_at_exit()
-  host_memory.pause_collections()  # resumed once the command is set up
-
 from s4fusion_jax.evaluation import baselines
 
 
@@ -84,7 +75,7 @@ def _fuse(args):
   if os.path.isdir(args.ir) != os.path.isdir(args.vi):
     raise ValueError("--ir and --vi must both be files or both be folders")
   if os.path.isdir(args.ir):
-    # Only folders need it: it imports tensorflow_datasets (~0.2 s) for its dataset builders.
+    # Only folders need it: it imports tensorflow_datasets for its dataset builders.
     from s4fusion_jax.data import datasets  # pylint: disable=import-outside-toplevel
     pairs, _ = datasets.check_pairs(args.ir, args.vi)
     jobs = [(p.ir_path, p.vi_path, os.path.join(args.out, os.path.splitext(p.name)[0] + ".png"))
@@ -96,7 +87,6 @@ def _fuse(args):
       raise ValueError(f"{args.ir} is {image_sizes[0]} but {args.vi} is {image_sizes[1]}")
   fuser = inference.Fuser.from_flags(args.checkpoint, args.method, args.scan_backend,
                                      args.exact_sizes)
-  host_memory.resume_collections()
   for ir_path, vi_path, out_path in jobs:
     image_files.write_png(out_path, fuser.fuse(image_files.read_ir(ir_path),
                                                image_files.read_vi(vi_path)))
@@ -262,8 +252,6 @@ def main(argv=None):
     if args.run in COMPILING:
       from s4fusion_jax.runtime import compile_cache  # pylint: disable=import-outside-toplevel
       compile_cache.enable()
-    if args.run is not _fuse:  # which resumes them once its model is loaded
-      host_memory.resume_collections()
     args.run(args)
   except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)

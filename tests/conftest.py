@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from s4fusion_jax.runtime import compile_cache
-from s4fusion_jax.runtime import cpu_loops
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("S4FUSION_SHARED", REPO.parent / "shared"))
@@ -67,19 +66,14 @@ def paper_golden():
   return load_golden("golden_s4fusion_61x73.npz")
 
 
-# The tests compile as the entry points do: small loops whole (cpu_loops), before anything is
-# compiled here; the processes the tests start inherit the XLA_FLAGS. One difference: LLVM
-# compiles the tests' programs without its optimisations (XLA's passes all run). Most of the
-# tests' programs are small models run once or a few times, where LLVM's optimisation was most
-# of the compile: a train step of tests/train_config.py 40 s -> 24 s to compile, 0.04 -> 0.12 s
-# to run; the suite with an empty cache, its files summed, 4271 -> 2816 s outside the doc
-# blocks (docs/performance.md). The numbers computed are the same up to float rounding. The
-# tests whose processes run long (the README's evaluation of the bundled model on TNO, 40 steps
-# of the smoke config, a tiny model on four TNO pairs) start them with ``optimize=True``: the
-# last two took 34 and 27 s with a warm cache so, 70 and 57 s without.
+# LLVM compiles the tests' programs without its optimisations (XLA's passes all run), before
+# anything is compiled here; the processes the tests start inherit the XLA_FLAGS. Most of the
+# tests' programs are small models run once or a few times, where LLVM's optimisation is most
+# of the compile. The numbers computed are the same up to float rounding. The tests whose
+# processes run long (the README's evaluation of the bundled model on TNO, training of the
+# smoke config, a tiny model on four TNO pairs) start them with ``optimize=True``.
 UNOPTIMIZED = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMIZED}".strip()
-cpu_loops.run_small_loops_whole()
 
 
 def optimized(env):
@@ -103,12 +97,10 @@ compile_cache.enable()
 
 
 # The tests' own processes trace and compile hundreds of programs, whose jaxprs and executables
-# JAX keeps in its caches, and each of Python's full collections walks them all: 3.1 s of a
-# 28.6 s run of two compile-heavy tests (a training step's micro-batches and the loss's
-# finite differences), 24.2 s without them. So a full collection comes after 1000 younger
-# ones instead of 10, and at the end of every test module, which returns what the module let
-# go and then moves what is still held out of later collections' way (gc.freeze: reference
-# counting still frees it).
+# JAX keeps in its caches, and each of Python's full collections walks them all. So a full
+# collection comes after 1000 younger ones instead of 10, and at the end of every test module,
+# which returns what the module let go and then moves what is still held out of later
+# collections' way (gc.freeze: reference counting still frees it).
 gc.set_threshold(700, 10, 1000)
 
 
@@ -120,8 +112,7 @@ def collect_after_each_module():
 
 
 # The entry points run by tests keep one JAX CPU device, as they do by default (a user's
-# XLA_FLAGS asking for more devices does not reach them). test_host_cores.py tests the split
-# of a fuse's scans over several devices.
+# XLA_FLAGS asking for more devices does not reach them).
 ONE_DEVICE = {"JAX_NUM_CPU_DEVICES": "1"}
 
 

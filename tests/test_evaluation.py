@@ -1,5 +1,6 @@
 """evaluate.py end to end on TNO, the fusion command, colour handling, bad input, validation."""
 
+import contextlib
 import csv
 import io
 import json
@@ -7,13 +8,16 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
 
-from conftest import REPO, run, shared_path
+from conftest import REPO, run, shared_path, subprocess_env
 from configs import smoke
 from s4fusion_jax import __main__ as cli
 from s4fusion_jax.data import image_files
@@ -37,9 +41,13 @@ def evaluate(*args, env=None):
   return run(["evaluate.py", "--progress=false", *args], env, optimize=True)
 
 
+def fused_pngs(out):
+  """The fused images in ``out``, without the temporary file of a write a kill cut short."""
+  return sorted(name for name in os.listdir(out / "fused") if not name.startswith("."))
+
+
 def check_outputs(out, names):
-  assert sorted(os.listdir(out / "fused")) == sorted(os.path.splitext(n)[0] + ".png"
-                                                       for n in names)
+  assert fused_pngs(out) == sorted(os.path.splitext(n)[0] + ".png" for n in names)
   result = json.loads((out / "metrics.json").read_text())
   assert set(result["per_image"]) == set(names)
   assert set(result["mean"]) == set(metrics.NAMES)
@@ -84,13 +92,23 @@ def test_tiny_random_model_on_tno_killed_and_resumed(tmp_path):
   args = ["--data", str(data), "--checkpoint", str(tmp_path / "tiny")]
   assert fused_in_run(evaluate(*args, "--out", str(tmp_path / "straight"))) == 4
   check_outputs(tmp_path / "straight", names)
-  # Killed (SIGKILL) right after its second pair, then run again with the same arguments.
+  # Killed (SIGKILL) once its first image is written, then run again with the same arguments:
+  # it fuses the pairs the killed run did not record.
   out = tmp_path / "resumed"
-  killed = evaluate(*args, "--out", str(out),
-                    env={"S4FUSION_EVALUATE_KILL_AFTER": "2"})  # evaluate.KILL_AFTER
-  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-  assert len(os.listdir(out / "fused")) == 2 and not (out / "metrics.json").exists()
-  assert fused_in_run(evaluate(*args, "--out", str(out))) == 2
+  with open(tmp_path / "killed.log", "w") as log:
+    killed = subprocess.Popen([sys.executable, "evaluate.py", "--progress=false", *args, "--out",
+                               str(out)], cwd=REPO, env=subprocess_env(optimize=True), stdout=log,
+                              stderr=log)
+    while killed.poll() is None and not (os.path.isdir(out / "fused") and fused_pngs(out)):
+      time.sleep(0.01)
+    killed.kill()
+  assert killed.wait() == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
+  assert 1 <= len(fused_pngs(out)) < 4 and not (out / "metrics.json").exists()
+  recorded = 0  # the pairs the killed run recorded as done, a line each after the run's
+  for line in (out / "progress.jsonl").read_text().splitlines()[1:]:
+    with contextlib.suppress(json.JSONDecodeError):  # a line the kill cut short
+      recorded += "name" in json.loads(line)
+  assert fused_in_run(evaluate(*args, "--out", str(out))) == 4 - recorded
   for table in ("metrics.json", "metrics.csv", "metrics.md"):
     assert (out / table).read_text() == (tmp_path / "straight" / table).read_text(), table
   assert fused_in_run(evaluate(*args, "--out", str(out))) == 0  # all done: nothing to fuse

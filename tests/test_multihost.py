@@ -4,9 +4,8 @@ The smoke config's first 12 steps run as one process (one CPU device) and as an 
 2-process cluster (one CPU device each, each feeding half of the global batch). Each cluster
 run here gets its own persistent compilation cache, empty or warmed by an earlier run of
 this module, per process: JAX writes its cache from process 0 alone, and on the CPU process 1
-finds none of its programs there, only its train step, which train.py keeps for it
-(``compile_cache.compile_lowered``). A cache warm on process 0 alone puts the processes tens
-of seconds apart, and a run must hold together all the same (s4fusion_jax.runtime.cluster).
+finds none of its programs there. A cache warm on process 0 alone puts the processes tens of
+seconds apart, and a run must hold together all the same (s4fusion_jax.runtime.cluster).
 """
 
 import json
@@ -97,11 +96,11 @@ def test_a_warm_cache_and_a_process_finishing_late(tmp_path, two_process_run, ca
 
   Process 0 reads its programs from JAX's cache; process 1 finds none of its own there (on
   CPU with JAX 0.10.2 every key holds the topology as the process sees it, and process 0
-  alone writes) but its train step, kept by the first run (``compile_lowered``)."""
+  alone writes)."""
   workdir = tmp_path / "warm"
   outputs = finish(start_cluster(workdir, (cache, cache), flags=["--shutdown_timeout_s=2"],
-                                 envs=({}, {train.LINGER_S: "6"})))
-  assert cache_reads(outputs[0]) > 1 and cache_reads(outputs[1]) == 1
+                                 envs=({}, {train.TEST_HOOK: "linger_after_training_s=6"})))
+  assert cache_reads(outputs[0]) > 1 and cache_reads(outputs[1]) == 0
   assert_same_run(workdir, two_process_run)
 
 

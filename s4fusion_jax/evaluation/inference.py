@@ -12,14 +12,10 @@ one compiled program serves every size of a bucket, with the numbers of the padd
 no masks, run each padded size as its own program instead. Within a process each program
 compiles once (jit's cache).
 
-Devices: a Fuser runs on one device (the first), where XLA spreads the large operations over
-the host's cores. ``devices=[...]`` splits each pair's selective scans (each a loop on one
-core) over several (``scan.channel_mesh``; on a CPU, ``host_cores.split_cpu`` first makes one
-device per core), the rest of the program running on every device alike: on this project's
-2-core CPU that measured slower than one device (docs/fusing.md).
+A Fuser runs on the first local device, where XLA spreads the large operations over the
+host's cores.
 """
 
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -32,9 +28,7 @@ from flax import nnx
 from s4fusion_jax.evaluation import baselines
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.numerics import color
-from s4fusion_jax.numerics import scan
 from s4fusion_jax.numerics import sizes
-from s4fusion_jax.runtime import compile_cache
 
 METHODS = tuple(baselines.METHODS)
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # s4fusion_jax/
@@ -49,18 +43,11 @@ def to_uint8(x):
 class Fuser:
   """Fuses uint8 pairs with an S4Fusion model or a baseline (one of ``METHODS``)."""
 
-  def __init__(self, model=None, method=None, exact_sizes=False, devices=None,
-               reuse_traces=False):
+  def __init__(self, model=None, method=None, exact_sizes=False):
     """``exact_sizes``: one program per padded size instead of one per size bucket.
 
-    ``devices``: those a pair's scans split their channels over (see the module docstring);
-    default: the first local device alone. The model's parameters are placed on them once,
-    here: changes to ``model`` afterwards do not reach this Fuser.
-
-    ``reuse_traces``: keep each program's traced form in the persistent cache
-    (``compile_cache.jit_reusing_traces``, keyed by the model's config and this package's
-    code), for a model as ``checkpoint.load_model`` makes it (``from_flags``, the entry
-    points); a model changed in other ways (its mode, a method replaced) must not use it.
+    The model's parameters are taken once, here: changes to ``model`` afterwards do not reach
+    this Fuser.
     """
     if (model is None) == (method is None):
       raise ValueError("give exactly one of a model and a method")
@@ -68,21 +55,11 @@ class Fuser:
       raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     self.model, self.method = model, method
     self.bucketed = model is not None and model.takes_buckets and not exact_sizes
-    self.mesh = None
     if model is None:
       return
-    devices = devices or jax.local_devices()[:1]
     self._state = nnx.state(model)  # the parameters (and any statistics) as of now
-    if len(devices) > 1:
-      self.mesh = scan.channel_mesh(devices)
-      self._state = jax.device_put(self._state, jax.sharding.NamedSharding(self.mesh, jax.P()))
     graphdef = nnx.graphdef(model)
-    apply = lambda s, a, b, valid: nnx.merge(graphdef, s)(a, b, valid)
-    if reuse_traces and self.mesh is None:
-      self._apply = compile_cache.jit_reusing_traces(
-          apply, {"program": "Fuser", "config": dataclasses.asdict(model.config)})
-    else:
-      self._apply = jax.jit(apply)
+    self._apply = jax.jit(lambda s, a, b, valid: nnx.merge(graphdef, s)(a, b, valid))
 
   @classmethod
   def from_flags(cls, checkpoint_dir=None, method=None, scan_backend="auto", exact_sizes=False):
@@ -95,7 +72,7 @@ class Fuser:
           f"no model at {path}: pass --checkpoint (a converted or trained S4Fusion checkpoint) "
           f"or --method {'|'.join(METHODS)}")
     return cls(model=checkpoint.load_model(path, scan_backend=scan_backend),
-               exact_sizes=exact_sizes, reuse_traces=True)
+               exact_sizes=exact_sizes)
 
   def signature(self):
     """What decides the fused images, as JSON-able values: the baseline; or the model's config,
@@ -119,10 +96,8 @@ class Fuser:
     dtype = jnp.dtype(self.model.config.dtype)
     ir_p, vi_p = (jnp.asarray(np.pad(x[None], ((0, 0), *pads, (0, 0))), dtype)
                   for x in (ir, vi_y))
-    placement = contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
-    with placement:
-      fused = self._apply(self._state, ir_p, vi_p,
-                          np.array([valid], np.int32) if self.bucketed else None)
+    fused = self._apply(self._state, ir_p, vi_p,
+                        np.array([valid], np.int32) if self.bucketed else None)
     fused = np.asarray(fused, np.float32)[:, :valid[0], :valid[1]]  # on the host: no program
     return sizes.crop(fused, box)[0]
 

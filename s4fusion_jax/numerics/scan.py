@@ -46,8 +46,6 @@ import operator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import PartitionSpec as P
 
 
 class ScanBackend(str, enum.Enum):
@@ -67,8 +65,6 @@ AUTO_DEFAULT = ScanBackend.CHUNKED
 CHUNK_INNER = {"cpu": ScanBackend.SEQUENTIAL}
 CHUNK_INNER_DEFAULT = ScanBackend.ASSOCIATIVE
 DEFAULT_CHUNK = 128
-# The mesh axis over which a scan's channels are split (``channel_mesh``).
-CHANNEL_AXIS = "channels"
 
 
 def resolve_backend(backend, platform=None, differentiated=False) -> ScanBackend:
@@ -381,12 +377,6 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
       (default: JAX's default backend); e.g. "cuda" to lower for a GPU from this machine.
     mask: None, or booleans broadcastable to (batch, L, G, 1): the steps to scan.
 
-  Under a mesh with a ``CHANNEL_AXIS`` axis (``jax.set_mesh(channel_mesh(devices))``), the D
-  channels are split over that axis (``jax.shard_map``), each device scanning its share:
-  the channels' recurrences are independent, so the numbers are the same up to rounding (the
-  loop over a share vectorises differently: ~1e-14 relative in float64). Where D does not
-  divide evenly, the scan runs unsplit.
-
   Returns:
     y: (batch, L, G, D) in ``state_dtype(u.dtype)``.
   """
@@ -396,13 +386,8 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
   if mask is not None:
     delta = jnp.where(mask, delta, -jnp.inf)
     u, B, C = (jnp.where(mask, x, 0) for x in (u, B, C))
-  run = functools.partial(_scan, backend=backend, chunk=chunk,
-                          platform=platform or jax.default_backend())
-  if _channel_shards(u.shape[-1]) > 1:
-    lanes, per_channel = P(None, None, None, CHANNEL_AXIS), P(None, CHANNEL_AXIS)
-    run = jax.shard_map(run, in_specs=(lanes, lanes, per_channel, P(), P(), per_channel,
-                                       per_channel), out_specs=lanes, check_vma=False)
-  return run(u, delta, A, B, C, D, delta_bias)
+  return _scan(u, delta, A, B, C, D, delta_bias, backend=backend, chunk=chunk,
+               platform=platform or jax.default_backend())
 
 
 def _scan(u, delta, A, B, C, D, delta_bias, *, backend, chunk, platform):
@@ -424,14 +409,3 @@ def _scan(u, delta, A, B, C, D, delta_bias, *, backend, chunk, platform):
     return jnp.moveaxis(y, 0, 1)
   return jnp.moveaxis(_forward(u_t, delta_t, A, B_t, C_t, D, delta_bias, forward), 0, 1)
 
-
-def channel_mesh(devices):
-  """A 1-d mesh of ``devices`` over which ``selective_scan`` splits its channels."""
-  return jax.sharding.Mesh(np.asarray(devices), (CHANNEL_AXIS,))
-
-
-def _channel_shards(channels):
-  """How many ways the context mesh splits ``channels`` (1: not at all)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  shards = 1 if mesh.empty else dict(mesh.shape).get(CHANNEL_AXIS, 1)
-  return shards if channels % shards == 0 else 1

@@ -1,5 +1,4 @@
 """What talks to the operating system and the JAX runtime: atomic file writes, the persistent
-compilation cache, the multi-host cluster, XLA:CPU's small loops, CPU devices per core, the C
-allocator's settings.
+compilation cache, the multi-host cluster.
 Imports nothing else of the package.
 """

@@ -30,8 +30,6 @@ from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import scan
 from s4fusion_jax.objectives import losses
 from s4fusion_jax.runtime import cluster
-from s4fusion_jax.runtime import compile_cache
-from s4fusion_jax.runtime import host_memory
 from s4fusion_jax.training import run_log
 from s4fusion_jax.training import samples
 from s4fusion_jax.training import train_step
@@ -222,7 +220,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
     batch = jax.make_array_from_process_local_data(sharded, {k: batch[k] for k in ("ir", "vi")})
     if compiled is None:  # compiled ahead, so that no process enters its collectives early
       begun = time.perf_counter()
-      compiled = compile_cache.compile_lowered(step_fn.lower(state, batch, resnet_state))
+      compiled = step_fn.lower(state, batch, resnet_state).compile()
       cluster.barrier("compiled the train step")
       # Printed as it happens (a run cut short by a time limit still shows it).
       note = (f"train step ready in {time.perf_counter() - begun:.1f} s (traced, and compiled "
@@ -231,7 +229,6 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
         bar.write(note)
       elif jax.process_index() == 0:
         print(note, flush=True)
-      host_memory.resume_collections()  # paused by train.py: its start-up is done
       tick = time.perf_counter()
     state, metrics = compiled(state, batch, resnet_state)
     done = step + 1
