@@ -24,12 +24,11 @@ from PIL import Image
 
 from s4fusion_jax.data import datasets
 from s4fusion_jax.data import image_files
-from s4fusion_jax.evaluation import image_grid
+from s4fusion_jax.data import image_grid
 from s4fusion_jax.evaluation import published
 from s4fusion_jax.evaluation import result_tables
 from s4fusion_jax.objectives import metrics
 from s4fusion_jax.runtime import atomic_files
-from s4fusion_jax.training import samples
 
 SAMPLE_HEIGHT = 192
 
@@ -53,7 +52,7 @@ def tables(per_image):
   names = list(metrics.NAMES)
   mean = {k: float(np.mean([m[k] for m in per_image.values()])) for k in names}
   csv_text = result_tables.csv_text(
-      ["name", *names], [[name, *(f"{m[k]:.6g}" for k in names)] for name, m in per_image.items()])
+      ["name", *names], [[name, *(m[k] for k in names)] for name, m in per_image.items()])
   md = result_tables.markdown(["pairs", *names],
                               [[len(per_image), *(f"{mean[k]:.4f}" for k in names)]])
   return csv_text, md, mean
@@ -143,7 +142,7 @@ def _four_decimals(metric, value):  # pylint: disable=unused-argument
   return f"{value:.4f}"
 
 
-def compare(results, names=samples.PAPER_METRICS, bold=True, key=lambda metric, value: value,
+def compare(results, names=metrics.PAPER_COLUMNS, bold=True, key=lambda metric, value: value,
             formats=None):
   """A markdown table of mean metrics, one row per method; the best of each column in bold.
 
@@ -197,7 +196,6 @@ def figure(data, fused_dirs, names, out, height=SAMPLE_HEIGHT):
   return out
 
 
-DEMO_METRICS = samples.VALIDATION_METRICS  # the published TNO table's columns, and AG
 CONTEXT = ("Context, not fusion networks: simple baselines. MI and VIF measure how much of each "
            "source's signal the fused image reproduces exactly, so copying a source or taking "
            "the pixel-wise max scores high on them.")
@@ -219,7 +217,8 @@ def report(ours, baselines, data, num_pairs, on_tno):
             "sum), so rows that tie there are all bold.")
     table = published.tno_results()
     rows.update(table)
-    counts = [f"{method} on {len(w)} of {len(published.METRICS)} ({', '.join(w) or 'none'})"
+    of = len(metrics.PUBLISHED_COLUMNS)
+    counts = [f"{method} on {len(w)} of {of} ({', '.join(w) or 'none'})"
               for method, w in ((m, published.wins(ours, r)) for m, r in table.items())]
     head_to_head = ("\nS4Fusion beats (at the table's two decimals, SSIM as the sum): "
                     + "; ".join(counts) + ".\n")
@@ -228,10 +227,10 @@ def report(ours, baselines, data, num_pairs, on_tno):
             "all 25 TNO pairs, so they are not shown: run on ../shared/data/tno to see them.")
     head_to_head = ""
   formats = {method: published.as_published for method in rows if method in published.tno_results()}
-  return (head + "\n\n" + compare(rows, DEMO_METRICS, bold=len(rows) > 1, key=published.rounded,
+  columns = metrics.VALIDATION_COLUMNS
+  return (head + "\n\n" + compare(rows, columns, bold=len(rows) > 1, key=published.rounded,
                                   formats=formats)
-          + head_to_head + "\n" + CONTEXT
-          + "\n\n" + compare(baselines, DEMO_METRICS, bold=False))
+          + head_to_head + "\n" + CONTEXT + "\n\n" + compare(baselines, columns, bold=False))
 
 
 def demo(out, data=None, checkpoint_dir=None, progress=True, exact_sizes=False):

@@ -14,9 +14,9 @@ import hashlib
 
 import numpy as np
 
-# The published table's columns, in its order; "SSIM" is our convention (the mean of the two).
-METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
-_PUBLISHED_COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM_sum")
+from s4fusion_jax.objectives import metrics
+
+# Rows in the order of ``metrics.PUBLISHED_COLUMNS``; the last is SSIM(F, IR) + SSIM(F, VI).
 _TABLE = {
     "DIDFuse": (6.97, 45.12, 12.59, 1.70, 1.71, 0.60, 0.40, 0.81),
     "U2Fusion": (6.83, 34.55, 11.52, 1.37, 1.71, 0.58, 0.44, 0.99),
@@ -36,12 +36,11 @@ def as_published(metric, value):
 
 
 def tno_results():
-  """{method: {metric: published mean}} over ``METRICS`` (SSIM halved to our convention)."""
-  results = {}
-  for method, row in _TABLE.items():
-    values = dict(zip(_PUBLISHED_COLUMNS, row))
-    values["SSIM"] = values.pop("SSIM_sum") / 2
-    results[method] = {k: values[k] for k in METRICS}
+  """{method: {metric: published mean}} over ``metrics.PUBLISHED_COLUMNS`` (SSIM halved to our
+  convention)."""
+  results = {method: dict(zip(metrics.PUBLISHED_COLUMNS, row)) for method, row in _TABLE.items()}
+  for values in results.values():
+    values["SSIM"] /= 2
   return results
 
 
@@ -98,5 +97,6 @@ def beats(ours, published, metric):
 
 
 def wins(ours, published):
-  """The metrics of ``METRICS`` on which ``ours`` ({metric: mean}) beats one published row."""
-  return [k for k in METRICS if beats(ours[k], published[k], k)]
+  """The metrics of ``metrics.PUBLISHED_COLUMNS`` on which ``ours`` ({metric: mean}) beats one
+  published row."""
+  return [k for k in metrics.PUBLISHED_COLUMNS if beats(ours[k], published[k], k)]
