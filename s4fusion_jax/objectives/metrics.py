@@ -5,8 +5,7 @@
 
 Inputs are 2-D float arrays in 0..255 (the images as that Evaluator reads them: 8-bit
 gray). Everything is computed in float64 with NumPy, vectorised (separable filters as
-sliding-window products), which measured faster than the Evaluator's own code and than a
-jitted JAX version for one image at a time on CPU (bench/metrics.py).
+sliding-window products).
 
 Conventions (those behind the numbers of recent infrared-visible fusion papers):
   EN    entropy (bits) of the histogram of round(F) over 0..255.

@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.network import resnet as resnet_lib
 from s4fusion_jax.numerics import scan
 from s4fusion_jax.objectives import losses
 from s4fusion_jax.training import train_step as train_step_lib
@@ -93,15 +94,19 @@ def build(config, *, init_from=None, mesh=None, resnet=None) -> Run:
     init_from: a model checkpoint whose weights start the run (of the config's sizes).
     mesh: a 1-D ``data`` mesh (``make_mesh``): the batch is sharded over it, the rest
       replicated, the old state donated; None: a plain ``jax.jit``.
-    resnet: the ResNet50 of the loss (e.g. ``resnet.create``'s random one); None reads
-      ``config.loss.resnet_weights``. Unused when the loss needs no ResNet50.
+    resnet: the ResNet50 of the loss: a module, "random" (``resnet.create``: benchmarks and
+      tests) or None, which reads ``config.loss.resnet_weights``. Unused when the loss needs
+      no ResNet50.
   """
   tx, schedule = train_step_lib.make_optimizer(config)
   graphdef, state = train_step_lib.init_state(initial_model(config, init_from), tx, config.seed)
   resnet_graphdef = resnet_state = None
   if losses.needs_resnet(config.loss):
-    resnet_graphdef, resnet_state = nnx.split(
-        checkpoint.load_resnet(config.loss.resnet_weights) if resnet is None else resnet)
+    if resnet is None:
+      resnet = checkpoint.load_resnet(config.loss.resnet_weights)
+    elif resnet == "random":
+      resnet = resnet_lib.create(config.seed)
+    resnet_graphdef, resnet_state = nnx.split(resnet)
   step = train_step_lib.make_train_step(graphdef, resnet_graphdef, tx, schedule, config.loss,
                                         config.microbatches)
   if mesh is None:
