@@ -27,6 +27,7 @@ from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import color
 from s4fusion_jax.objectives import metrics
 from s4fusion_jax.training import samples
+from s4fusion_jax.training import trainer
 
 TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
                              d_state=4, fusion_d_state=6)
@@ -318,7 +319,8 @@ def test_validation_uses_the_first_pairs_by_name(tmp_path):
   config = smoke.get_config()  # validates on ../shared/data/tno
   config.data.data_dir = str(tmp_path / "tfds")
   config.eval_pairs, config.eval_size = 2, 61
-  validation = samples.Validation(config, str(tmp_path / "work"), model_lib.fuse)
+  validation = samples.Validation(config, str(tmp_path / "work"), model_lib.fuse,
+                                  trainer.prepare(config.data.val, config.data.data_dir))
   names = sorted(os.listdir(shared_path("data", "tno", "ir")))[:2]
   expected = [samples.centre_crop(image_files.read_ir(shared_path("data", "tno", "ir", name)), 61)
               for name in names]

@@ -56,14 +56,8 @@ def train_seconds(run_dir, batch_size):
 
   It counts compilation (in the first interval) and excludes checkpoint writes.
   """
-  total, last = 0.0, 0
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "images_per_s" in record:
-        total += (record["step"] - last) * batch_size / record["images_per_s"]
-        last = record["step"]
-  return total
+  steps, rates = charts.read_log(run_dir)["images_per_s"]
+  return sum((b - a) * batch_size / r for a, b, r in zip([0, *steps], steps, rates))
 
 
 def run_variant(name, config, test_dir, workdir, progress=True):
@@ -85,14 +79,10 @@ def run_variant(name, config, test_dir, workdir, progress=True):
   return result
 
 
-def tables(results, notes=None):
-  """(markdown, csv) of the results: the six metrics, parameters, train time.
-
-  Args:
-    results: {variant: result dict}; best of each metric column in bold.
-    notes: {variant: a note shown in its row}.
-  """
-  notes = notes or {}
+def write_table(results, notes, out):
+  """Writes ablation.{md,csv} into ``out`` (returns the markdown): per variant of ``results``
+  ({variant: result dict}) the six metrics (the best in bold), parameters, train time; a
+  variant of ``notes`` ({variant: note}) shows its note."""
   columns = metrics.ABLATION_COLUMNS
   best = {k: max(r[k] for r in results.values()) for k in columns}
   head = ["variant", *columns, "params", "steps", "train s"]
@@ -106,7 +96,7 @@ def tables(results, notes=None):
       return f"{value} ({notes[value]})" if value in notes else value
     return {"params": f"{value:,}", "train s": f"{value:.0f}"}.get(column, str(value))
 
-  return result_tables.markdown_and_csv(head, rows, shown)
+  return result_tables.write(out, "ablation", head, rows, shown)
 
 
 def run(configs, test_dir, workdir, *, with_perceptual, progress=True):
@@ -134,9 +124,7 @@ def run(configs, test_dir, workdir, *, with_perceptual, progress=True):
     results[name] = run_variant(name, configs[name], test_dir, workdir, progress)
   if same in notes:
     results = {n: results[twin] if n == same else results[n] for n in names}
-  md, csv_text = tables(results, notes)
-  atomic_files.write_text(os.path.join(workdir, "ablation.md"), md)
-  atomic_files.write_text(os.path.join(workdir, "ablation.csv"), csv_text)
+  md = write_table(results, notes, workdir)
   charts.save(charts.bars_figure({n: {k: r[k] for k in metrics.ABLATION_COLUMNS}
                                   for n, r in results.items()},
                                  "ablation variants on the test pairs"),

@@ -108,10 +108,9 @@ def compute(net, variables, data, progress=True):
   if not per_image:
     raise ValueError(f"no image pairs in {data}")
   blocks = jax.tree.map(lambda *xs: float(np.mean(xs)), *per_image)
-  layers = {}
-  for scale in range(config.levels):
-    members = [v for k, v in blocks.items() if k.startswith(f"fusion_{scale}/")]
-    layers[f"Layer{scale + 1}"] = jax.tree.map(lambda *xs: float(np.mean(xs)), *members)
+  layers = {f"Layer{scale + 1}": jax.tree.map(lambda *xs: float(np.mean(xs)), *(
+      v for k, v in blocks.items() if k.startswith(f"fusion_{scale}/")))
+            for scale in range(config.levels)}
   return {"pairs": len(per_image), "blocks": blocks, "layers": layers}
 
 
@@ -127,24 +126,18 @@ def observations(stats, form=PAPER_FORM):
           "Delta_V falls with depth": falls["vi"]}
 
 
-def tables(stats):
-  """(markdown, csv) of ``stats``: a row per layer and per block, Delta_I and Delta_V per form."""
+def write(stats, out):
+  """Writes delta_stats.{json,md,csv,png} into ``out``: a row per layer and per block, Delta_I
+  and Delta_V per form; returns the markdown path."""
   head = ["layer", *(f"{f} {m}" for f in FORMS for m in ("I", "V"))]
   rows = [[name, *(values[f][m] for f in FORMS for m in MODALITIES)]
           for name, values in [*stats["layers"].items(), *stats["blocks"].items()]]
-  return result_tables.markdown_and_csv(
-      head, rows, lambda column, value: value if column == "layer" else f"{value:.4f}")
-
-
-def write(stats, out):
-  """Writes delta_stats.{json,md,csv,png} into ``out``; returns the markdown path."""
-  md, table_csv = tables(stats)
   checks = observations(stats)
-  md += (f"\n{stats['pairs']} pairs. The paper's form is {PAPER_FORM} (see "
-         "s4fusion_jax/evaluation/delta_stats.py). On it:\n\n"
-         + "".join(f"- {claim}: {'yes' if holds else 'no'}\n" for claim, holds in checks.items()))
-  for name, text in (("delta_stats.json", json.dumps(stats, indent=1)),
-                     ("delta_stats.md", md), ("delta_stats.csv", table_csv)):
-    atomic_files.write_text(os.path.join(out, name), text)
+  note = (f"\n{stats['pairs']} pairs. The paper's form is {PAPER_FORM} (see "
+          "s4fusion_jax/evaluation/delta_stats.py). On it:\n\n"
+          + "".join(f"- {claim}: {'yes' if holds else 'no'}\n" for claim, holds in checks.items()))
+  result_tables.write(out, "delta_stats", head, rows,
+                      lambda column, value: value if column == "layer" else f"{value:.4f}", note)
+  atomic_files.write_text(os.path.join(out, "delta_stats.json"), json.dumps(stats, indent=1))
   charts.save(charts.delta_figure(stats["layers"], FORMS), os.path.join(out, "delta_stats.png"))
   return os.path.join(out, "delta_stats.md")

@@ -20,7 +20,6 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
 
 from s4fusion_jax.data import datasets
 from s4fusion_jax.data import image_files
@@ -56,12 +55,6 @@ def tables(per_image):
   md = result_tables.markdown(["pairs", *names],
                               [[len(per_image), *(f"{mean[k]:.4f}" for k in names)]])
   return csv_text, md, mean
-
-
-def _read_fused(path):
-  """A fused image as ``Fuser.fuse`` returned it: uint8 (H, W, 1) or (H, W, 3)."""
-  image = np.asarray(Image.open(path))
-  return image[..., None] if image.ndim == 2 else image
 
 
 def _resume(record, identity):
@@ -112,11 +105,11 @@ def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True, on
       path = fused_path(name)
       if name in done:
         per_image[name] = done[name]
-        fused = _read_fused(path) if len(rows) < num_samples else None
+        fused = image_files.read_vi(path) if len(rows) < num_samples else None
       else:
         fused = fuser.fuse(ir, vi)
         image_files.write_png(path, fused)
-        saved = np.asarray(Image.open(path).convert("RGB"))
+        saved = image_files.read_vi(path)
         per_image[name] = metrics.compute(metrics.evaluator_gray(saved),
                                           metrics.evaluator_gray(ir), metrics.evaluator_gray(vi))
         log.write(json.dumps({"name": name, "metrics": per_image[name]}) + "\n")
@@ -138,10 +131,6 @@ def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True, on
   return mean
 
 
-def _four_decimals(metric, value):  # pylint: disable=unused-argument
-  return f"{value:.4f}"
-
-
 def compare(results, names=metrics.PAPER_COLUMNS, bold=True, key=lambda metric, value: value,
             formats=None):
   """A markdown table of mean metrics, one row per method; the best of each column in bold.
@@ -159,7 +148,7 @@ def compare(results, names=metrics.PAPER_COLUMNS, bold=True, key=lambda metric, 
           for k in names}
   rows = []
   for method, r in results.items():
-    shown = formats.get(method, _four_decimals)
+    shown = formats.get(method, lambda metric, value: f"{value:.4f}")
     cells = ["-" if k not in r else f"**{shown(k, r[k])}**" if bold and key(k, r[k]) == best[k]
              else shown(k, r[k]) for k in names]
     rows.append([method, *cells])
@@ -189,7 +178,7 @@ def figure(data, fused_dirs, names, out, height=SAMPLE_HEIGHT):
                           os.path.splitext(name)[0] + ".png")
       if not os.path.isfile(path):
         raise FileNotFoundError(f"no fused image of {name} for {label!r}: {path}")
-      row.append(np.asarray(Image.open(path).convert("RGB")))
+      row.append(image_files.read_vi(path))
     rows.append(row)
   image_files.write_png(out, image_grid.image_rows(rows, height, ["infrared", "visible",
                                                                 *fused_dirs]))

@@ -8,6 +8,9 @@ digits), a markdown table shows them as the job formats them; the layout is kept
 import csv
 import io
 import numbers
+import os
+
+from s4fusion_jax.runtime import atomic_files
 
 
 def _checked(head, rows):
@@ -51,13 +54,11 @@ def csv_text(head, rows):
   return out.getvalue()
 
 
-def markdown_and_csv(head, rows, shown):
-  """(markdown, csv) of one table of values.
-
-  Args:
-    head: [str] column names.
-    rows: [[value]] as many as ``head`` each; the CSV holds them as ``csv_text`` writes them.
-    shown: ``shown(column name, value) -> str``, a markdown cell.
-  """
-  return (markdown(head, [[shown(h, v) for h, v in zip(head, row)] for row in rows]),
-          csv_text(head, rows))
+def write(folder, name, head, rows, shown, note=""):
+  """Writes the values ``rows`` under ``head`` as ``folder/name.csv`` (``csv_text``) and
+  ``folder/name.md`` (cells ``shown(column name, value)``, then ``note``), atomically; returns
+  the markdown."""
+  md = markdown(head, [[shown(h, v) for h, v in zip(head, row)] for row in rows]) + note
+  atomic_files.write_text(os.path.join(folder, f"{name}.md"), md)
+  atomic_files.write_text(os.path.join(folder, f"{name}.csv"), csv_text(head, rows))
+  return md

@@ -261,18 +261,11 @@ class S4Fusion(nnx.Module):
 
 
 def run_placed(config: ModelConfig, apply, ir, vi, *, bucket=True):
-  """Runs ``apply(ir, vi, valid)`` on (batch, H, W, 1) images of any H x W placed as the model
-  takes them.
-
-  The images are zero-padded to the size rule as the reference pads them and, with ``bucket``,
-  placed at the top-left of their size bucket (``sizes.placement``), in ``config.dtype``;
-  numpy images are padded on the host. ``valid`` is the (batch, 2) int32 valid rectangle
-  (H_v, W_v) with ``bucket``, else None.
-
-  Returns:
-    (``apply``'s result, the box (top, left, H, W) of the images in a (batch, H', W', C)
-    output of the model, for ``sizes.crop``).
-  """
+  """(``apply(ir, vi, valid)``, box) for (batch, H, W, 1) images of any H x W, placed as the
+  model takes them: zero-padded to the size rule as the reference pads them (numpy images on
+  the host) and, with ``bucket``, at the top-left of their size bucket (``sizes.placement``),
+  in ``config.dtype``; ``valid``: (batch, 2) int32 valid rectangles (H_v, W_v), or None
+  without ``bucket``; ``box``: (top, left, H, W), the images in the output (``sizes.crop``)."""
   pads, valid, box = sizes.placement(*ir.shape[1:3], *config.size_rule(), bucket=bucket)
   pad = np.pad if isinstance(ir, np.ndarray) else jnp.pad
   ir, vi = (jnp.asarray(pad(x, ((0, 0), *pads, (0, 0))), config.dtype) for x in (ir, vi))
@@ -283,10 +276,8 @@ def run_placed(config: ModelConfig, apply, ir, vi, *, bucket=True):
 def fuse(model: S4Fusion, ir, vi, *, exact_sizes=False):
   """Fuses (batch, H, W, 1) images in [0, 1] of any H x W -> (batch, H, W, 1), unclamped.
 
-  The images are placed by ``run_placed``: in their size bucket with the valid rectangle
-  passed to the model, unless ``exact_sizes`` or for a fusion that takes no buckets. Both give
-  the same numbers; under ``jit`` the bucket's rectangle is a constant of the program: to share
-  one program across sizes, pass ``valid`` as an argument (``inference.Fuser`` does).
+  ``run_placed`` places them in their size bucket (not with ``exact_sizes`` or a fusion that
+  takes no buckets: the same numbers); under ``jit`` the bucket's rectangle is a constant.
   """
   fused, box = run_placed(model.config, model, ir, vi,
                           bucket=model.takes_buckets and not exact_sizes)

@@ -36,9 +36,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 NAMES = ("EN", "SD", "SF", "AG", "MI", "MI_bits", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR",
          "MSE")
-# Columns of the tables that show a subset, in their order. The published TNO table's
-# (CDDFuse's Table 1) with "SSIM" in our convention, the mean of the two; validation records
-# those and AG (the demo's columns).
+# The columns of the tables that show some, in order. The published TNO table's (CDDFuse's
+# Table 1) with our SSIM (the mean of the two); validation records those and AG.
 PAPER_COLUMNS = ("MI", "SF", "AG", "SSIM", "VIF", "Qabf")
 ABLATION_COLUMNS = ("MI", "AG", "VIF", "Qabf", "SSIM", "SF")  # the paper's Table 3
 PUBLISHED_COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")

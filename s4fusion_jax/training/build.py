@@ -1,12 +1,11 @@
 """One way to build a training run from a config: model, optimizer, state, step, fusing.
 
-Data parallelism is ``jax.jit`` over a 1-D device ``Mesh`` with axis ``data``: the batch is
-sharded along it (``NamedSharding(mesh, P('data'))``), parameters, optimizer state and the
-frozen ResNet50 are replicated (``P()``), and XLA's SPMD partitioner inserts the gradient
-all-reduce.
+Data parallelism is ``jax.jit`` over a 1-D device mesh with axis ``data``: the batch is sharded
+along it, the rest replicated; XLA's SPMD partitioner inserts the gradient all-reduce.
 """
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -48,18 +47,12 @@ def make_mesh():
 
 def check_batch(global_batch, mesh, microbatches=1):
   """Raises ``ValueError`` unless the batch splits over the devices, micro-batches and hosts."""
-  devices = mesh.devices.size
-  if global_batch % devices:
-    raise ValueError(f"the global batch {global_batch} is not divisible by the {devices} devices; "
-                     f"use a multiple of {devices} (e.g. --config.batch_size="
-                     f"{max(devices, global_batch // devices * devices)})")
-  if global_batch % (microbatches * devices):
+  devices, hosts = mesh.devices.size, jax.process_count()
+  step = math.lcm(devices * microbatches, hosts)
+  if global_batch % step:
     raise ValueError(f"the global batch {global_batch} does not split into {microbatches} "
-                     f"micro-batches over {devices} devices (needs a multiple of "
-                     f"{microbatches * devices})")
-  if global_batch % jax.process_count():
-    raise ValueError(f"the global batch {global_batch} is not divisible by the "
-                     f"{jax.process_count()} hosts")
+                     f"micro-batches over {devices} devices and {hosts} hosts; use a multiple "
+                     f"of {step} (--config.batch_size={max(step, global_batch // step * step)})")
 
 
 def train_model_config(config) -> model_lib.ModelConfig:
@@ -92,8 +85,7 @@ def build(config, *, init_from=None, mesh=None, resnet=None) -> Run:
     config: a training config (``configs/``): ``model``, ``optimizer``, ``loss``, ``seed``,
       ``num_steps``, ``microbatches``.
     init_from: a model checkpoint whose weights start the run (of the config's sizes).
-    mesh: a 1-D ``data`` mesh (``make_mesh``): the batch is sharded over it, the rest
-      replicated, the old state donated; None: a plain ``jax.jit``.
+    mesh: a 1-D ``data`` mesh (``make_mesh``; the old state is donated); None: plain ``jit``.
     resnet: the ResNet50 of the loss: a module, "random" (``resnet.create``: benchmarks and
       tests) or None, which reads ``config.loss.resnet_weights``. Unused when the loss needs
       no ResNet50.
@@ -109,12 +101,11 @@ def build(config, *, init_from=None, mesh=None, resnet=None) -> Run:
     resnet_graphdef, resnet_state = nnx.split(resnet)
   step = train_step_lib.make_train_step(graphdef, resnet_graphdef, tx, schedule, config.loss,
                                         config.microbatches)
-  if mesh is None:
-    step = jax.jit(step)
-  else:
+  sharded = {}
+  if mesh is not None:
     check_batch(config.batch_size, mesh, config.microbatches)
     replicated = NamedSharding(mesh, P())
     state, resnet_state = jax.device_put((state, resnet_state), replicated)
-    step = jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data")), replicated),
+    sharded = dict(in_shardings=(replicated, NamedSharding(mesh, P("data")), replicated),
                    out_shardings=(replicated, replicated), donate_argnums=0)
-  return Run(graphdef, state, resnet_graphdef, resnet_state, schedule, step)
+  return Run(graphdef, state, resnet_graphdef, resnet_state, schedule, jax.jit(step, **sharded))

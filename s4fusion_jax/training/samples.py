@@ -22,7 +22,7 @@ from s4fusion_jax.data import image_grid
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.numerics import color
 from s4fusion_jax.objectives import metrics
-from s4fusion_jax.runtime import cluster
+from s4fusion_jax.runtime import atomic_files
 
 
 def centre_crop(x, size):
@@ -34,17 +34,14 @@ def centre_crop(x, size):
 class Validation:
   """Fuses fixed validation pairs every ``eval_every`` steps; keeps the best model."""
 
-  def __init__(self, config, workdir, fuse):
-    """``fuse(model, ir, vi)``: (batch, H, W, 1) in [0, 1] -> fused (``build.Run.fuse``)."""
+  def __init__(self, config, workdir, fuse, dataset_dir):
+    """``fuse(model, ir, vi)``: (batch, H, W, 1) in [0, 1] -> fused (``build.Run.fuse``);
+    ``dataset_dir``: ``config.data.val`` prepared (``trainer.prepare``)."""
     self.workdir, self.config, self.fuse = workdir, config, fuse
-    entry = config.data.val
-    with cluster.process_zero_first(f"prepare {entry['dataset']}"):
-      dataset_dir, _ = datasets.prepare(entry["dataset"], entry["manual_dir"],
-                                        config.data.data_dir, name=entry.get("name"),
-                                        validation=entry.get("validation"))
-    names = datasets.source(dataset_dir, entry["split"], decode_images=False)
+    split = config.data.val["split"]
+    names = datasets.source(dataset_dir, split, decode_images=False)
     first = sorted(range(len(names)), key=lambda i: names[i]["name"])[:config.eval_pairs]
-    src = datasets.source(dataset_dir, entry["split"])
+    src = datasets.source(dataset_dir, split)
     examples = [src[i] for i in first]
     self.ir = np.stack([centre_crop(e["ir"], config.eval_size) for e in examples])
     self.vi_rgb = np.stack([centre_crop(e["vi"], config.eval_size) for e in examples])
@@ -82,10 +79,7 @@ class Validation:
     self.best = {"step": step, "metric": self.config.best_metric, "value": value, "path": path}
     if not self.writer:
       return
-    tmp = os.path.join(self.workdir, ".best.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(self.best, f)
-    os.replace(tmp, os.path.join(self.workdir, "best.json"))
+    atomic_files.write_text(os.path.join(self.workdir, "best.json"), json.dumps(self.best))
     if previous is not None and previous["path"] != path:
       shutil.rmtree(previous["path"], ignore_errors=True)
 

@@ -33,24 +33,17 @@ class NonFiniteLoss(RuntimeError):
   """A loss term became NaN or Inf."""
 
 
-def _sources(entries, data_dir):
-  """Prepares (if needed) and opens each ``{dataset, manual_dir, split, weight}`` entry.
-
-  Optional keys ``name``, ``skip_bad_pairs`` and ``validation`` go to ``datasets.prepare``.
-  """
-  sources, weights = [], []
-  for entry in entries:
-    with cluster.process_zero_first(f"prepare {entry['dataset']}"):
-      dataset_dir, skipped = datasets.prepare(entry["dataset"], entry["manual_dir"], data_dir,
-                                              name=entry.get("name"),
-                                              skip_bad_pairs=entry.get("skip_bad_pairs", False),
-                                              validation=entry.get("validation"))
-    for name, reason in skipped:
-      print(f"skipped {name}: {reason}")
-    src = datasets.source(dataset_dir, entry["split"])
-    sources.append(src)
-    weights.append(entry.get("weight") or len(src))
-  return sources, weights
+def prepare(entry, data_dir):
+  """A config's ``{dataset, manual_dir, split, ...}`` entry prepared (if needed; process 0
+  first) -> its dataset folder; ``name``, ``skip_bad_pairs``, ``validation`` are optional."""
+  with cluster.process_zero_first(f"prepare {entry['dataset']}"):
+    dataset_dir, skipped = datasets.prepare(entry["dataset"], entry["manual_dir"], data_dir,
+                                            name=entry.get("name"),
+                                            skip_bad_pairs=entry.get("skip_bad_pairs", False),
+                                            validation=entry.get("validation"))
+  for name, reason in skipped:
+    print(f"skipped {name}: {reason}")
+  return dataset_dir
 
 
 def _checkpoint_manager(workdir, config):
@@ -125,7 +118,9 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
   graphdef, state, resnet_state = run.graphdef, run.state, run.resnet_state
   model_config = model_lib.ModelConfig(**config.model)  # saved with "auto", as configured
 
-  sources, weights = _sources(config.data.train, config.data.data_dir)
+  sources = [datasets.source(prepare(e, config.data.data_dir), e["split"])
+             for e in config.data.train]
+  weights = [e.get("weight") or len(src) for e, src in zip(config.data.train, sources)]
   data = input_pipeline.train_dataset(
       sources, crop=config.crop_size, batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, weights=weights, shard_index=jax.process_index(),
@@ -140,7 +135,9 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
                            replicated)
     print(f"resumed from step {int(state.step)} in {workdir}")
   log = run_log.RunLog(workdir, int(state.step))
-  validation = samples.Validation(config, workdir, run.fuse) if config.eval_every else None
+  validation = (samples.Validation(config, workdir, run.fuse,
+                                   prepare(config.data.val, config.data.data_dir))
+                if config.eval_every else None)
 
   start_step = int(state.step)
   bar = None
