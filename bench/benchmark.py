@@ -26,10 +26,8 @@ from flax import nnx
 import common  # pylint: disable=wrong-import-order
 from configs import default  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
-from s4fusion_jax.network import resnet  # pylint: disable=wrong-import-order
 from s4fusion_jax.numerics import scan  # pylint: disable=wrong-import-order
-from s4fusion_jax.training import train_step  # pylint: disable=wrong-import-order
-from s4fusion_jax.training import trainer  # pylint: disable=wrong-import-order
+from s4fusion_jax.training import build  # pylint: disable=wrong-import-order
 
 BACKENDS = ("sequential", "associative", "chunked")
 # name: (batch, L, G, D, N). 481x637 -> 160x212 patches; 229^2 -> 76^2; Cross SS2D doubles L.
@@ -76,14 +74,10 @@ def model_case(backend, what):
   config = default.get_config()
   config.model.scan_backend = backend
   config.microbatches = 4 if "micro" in what else 1
-  tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = trainer.create_train_state(config, tx)
-  net_graph, net_state = nnx.split(resnet.create(0))
+  run = build.build(config, resnet="random")
   batch = {k: jax.random.uniform(key, (20, 229, 229, 1))
            for k, key in zip(("ir", "vi"), jax.random.split(jax.random.key(2)))}
-  step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss,
-                                  config.microbatches)
-  return step, (state, batch, net_state)
+  return run.train_step, (run.state, batch, run.resnet_state)
 
 
 def run_case(case, max_temp_gb):

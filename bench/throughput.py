@@ -28,8 +28,7 @@ from configs import default  # pylint: disable=wrong-import-order
 from configs import smoke  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-order
 from s4fusion_jax.network import resnet  # pylint: disable=wrong-import-order
-from s4fusion_jax.training import train_step  # pylint: disable=wrong-import-order
-from s4fusion_jax.training import trainer  # pylint: disable=wrong-import-order
+from s4fusion_jax.training import build  # pylint: disable=wrong-import-order
 
 
 def uniform(key, shape):
@@ -61,14 +60,10 @@ def train_case(batch, size, full_loss, config=None):
     if not full_loss:
       config.loss.update(perceptual=False, weight_source="image_gradient")
       config.model.remat = False
-  tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = trainer.create_train_state(config, tx)
-  uses_resnet = config.loss.perceptual or config.loss.weight_source == "resnet50"
-  net_graph, net_state = (nnx.split(resnet.create(0)) if uses_resnet
-                          else (None, None))
+  config.microbatches = 1
+  run = build.build(config, resnet="random")
   images = {"ir": uniform(1, (batch, size, size, 1)), "vi": uniform(2, (batch, size, size, 1))}
-  step = train_step.make_train_step(graphdef, net_graph, tx, schedule, config.loss)
-  return step, (state, images, net_state)
+  return run.train_step, (run.state, images, run.resnet_state)
 
 
 def fuse_case():

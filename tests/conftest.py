@@ -40,14 +40,12 @@ def one_train_step(config, image_shape):
   """(graphdef, state before, state after, metrics, batch) of one jitted train step of
   ``config`` (no ResNet50) on a random batch of ``image_shape`` (batch, H, W, 1)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from s4fusion_jax.training import train_step, trainer  # pylint: disable=import-outside-toplevel
-  tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = trainer.create_train_state(config, tx)
-  step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss))
+  from s4fusion_jax.training import build  # pylint: disable=import-outside-toplevel
+  run = build.build(config)
   batch = {k: jax.random.uniform(jax.random.key(i), image_shape)
            for i, k in enumerate(("ir", "vi"))}
-  new_state, metrics = step(state, batch, None)
-  return graphdef, state, new_state, metrics, batch
+  new_state, metrics = run.train_step(run.state, batch, None)
+  return run.graphdef, run.state, new_state, metrics, batch
 
 
 def rel_err(ours, ref):

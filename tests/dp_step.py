@@ -14,28 +14,19 @@ import sys
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 import train_config
-from s4fusion_jax.training import train_step
-from s4fusion_jax.training import trainer
+from s4fusion_jax.training import build
 
 
 def main(out):
   config = train_config.two_scales(train_config.get_config())
   config.batch_size = 8  # one example per device
-  mesh = trainer.make_mesh()
-  trainer.check_batch(config.batch_size, mesh)
-  tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = trainer.create_train_state(config, tx)
-  replicated = NamedSharding(mesh, P())
-  state = jax.device_put(state, replicated)  # as train.py: else the second step recompiles
-  step = jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss),
-                 in_shardings=(replicated, NamedSharding(mesh, P("data")), None),
-                 out_shardings=replicated)
+  run = build.build(config, mesh=build.make_mesh())
   rng = np.random.default_rng(0)
   batch = {k: rng.random((8, 37, 37, 1), np.float32) for k in ("ir", "vi")}
-  compiled = step.lower(state, batch, None).compile()
+  state = run.state
+  compiled = run.train_step.lower(state, batch, None).compile()
   for _ in range(3):
     state, metrics = compiled(state, batch, None)
   flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.traversals.flatten_mapping(

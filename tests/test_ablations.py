@@ -21,6 +21,7 @@ from s4fusion_jax.network import fusion_variants
 from s4fusion_jax.network import layers
 from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.network import ss2d
+from s4fusion_jax.objectives import metrics
 from s4fusion_jax.training import train_step
 from s4fusion_jax.training import trainer
 
@@ -222,8 +223,8 @@ def test_no_per_is_s4fusion_without_the_perceptual_loss():
 @pytest.mark.parametrize("variant", [v for v in ablations.VARIANTS if v != "no_per"])
 def test_each_variant_trains_a_step_and_round_trips_a_checkpoint(variant, tmp_path):
   config = small_config(variant)
-  graphdef, state, new_state, metrics, batch = one_train_step(config, (2, 13, 25, 1))
-  assert np.isfinite(float(metrics["loss"]))
+  graphdef, state, new_state, step_metrics, batch = one_train_step(config, (2, 13, 25, 1))
+  assert np.isfinite(float(step_metrics["loss"]))
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
   assert sum(jax.tree.leaves(moved)) > 0.9 * len(jax.tree.leaves(moved))
   if variant == "cnn":  # BatchNorm statistics are carried and updated
@@ -290,8 +291,8 @@ def test_ablate_tabulates_and_resumes(tmp_path, monkeypatch):
   ablation.run(configs(), test, workdir, with_perceptual=False, progress=False)
   assert trained == ["add"]
   again = json.loads((workdir / "add" / "result.json").read_text())
-  assert {k: again[k] for k in ablation.TABLE_METRICS} == {k: first[k]
-                                                           for k in ablation.TABLE_METRICS}
+  assert {k: again[k] for k in metrics.ABLATION_COLUMNS} == {k: first[k]
+                                                           for k in metrics.ABLATION_COLUMNS}
   logged = [json.loads(line)["step"] for line in open(workdir / "add" / "metrics.jsonl")]
   assert logged == [2]  # logged once: no step was trained again
 

@@ -17,8 +17,7 @@ from s4fusion_jax.interop import reference
 from s4fusion_jax.network import layers
 from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.network import resnet as resnet_lib
-from s4fusion_jax.training import train_step
-from s4fusion_jax.training import trainer
+from s4fusion_jax.training import build
 
 TINY = dict(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1), d_state=4,
             fusion_d_state=4, scan_chunk=16)
@@ -58,24 +57,22 @@ def test_fuse_lowers_with_the_platforms_auto_scan(platform):
 def test_full_train_step_lowers_for_cuda_and_tpu():
   """The whole step (ResNet50 entropy and weights, random ResNet50) for each platform."""
   net = layers.abstract(resnet_lib.ResNet50)
-  resnet_graphdef, resnet_state = nnx.split(net)
+  resnet_state = nnx.state(net)
   batch = {k: jax.ShapeDtypeStruct((2, 25, 25, 1), jnp.float32) for k in ("ir", "vi")}
   inner_loops = {}
   for target in ("cpu", "cuda", "tpu"):
     config = smoke.get_config()
     config.model.update(TINY, scan_platform=target)
     config.loss.update(perceptual=True, weight_source="resnet50")
-    assert trainer.train_model_config(config).scan_backend == "chunked"
-    tx, schedule = train_step.make_optimizer(config)
+    assert build.train_model_config(config).scan_backend == "chunked"
     made = {}
 
-    def init(config=config, tx=tx):
-      made["graphdef"], state = trainer.create_train_state(config, tx)
-      return state
+    def init(config=config, made=made):
+      made["run"] = build.build(config, resnet=net)
+      return made["run"].state
 
     state = jax.eval_shape(init)  # traced only: lowering needs no values
-    step = jax.jit(train_step.make_train_step(made["graphdef"], resnet_graphdef, tx, schedule,
-                                            config.loss))
+    step = made["run"].train_step
     args = (state, batch, abstract(resnet_state))
     inner_loops[target] = scan_forms(jax.make_jaxpr(step)(*args))[1]
     if target != "cpu":

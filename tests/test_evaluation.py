@@ -21,8 +21,8 @@ from conftest import REPO, run, shared_path, subprocess_env
 from configs import smoke
 from s4fusion_jax import __main__ as cli
 from s4fusion_jax.data import image_files
+from s4fusion_jax.data import image_grid
 from s4fusion_jax.evaluation import evaluator
-from s4fusion_jax.evaluation import image_grid
 from s4fusion_jax.evaluation import inference
 from s4fusion_jax.evaluation import published
 from s4fusion_jax.evaluation import result_tables
@@ -31,6 +31,7 @@ from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import color
 from s4fusion_jax.objectives import metrics
 from s4fusion_jax.training import samples
+from s4fusion_jax.training import trainer
 
 TINY = model_lib.ModelConfig(dims=(8, 16, 32), depths=(1, 1, 1), depths_decoder=(1, 1, 1),
                              d_state=4, fusion_d_state=6)
@@ -130,7 +131,7 @@ def test_colour_visible_is_fused_in_y_and_recoloured():
   fused = inference.Fuser(method="average").fuse(ir, vi)
   assert fused.shape == (20, 30, 3)
   y, cr, cb = color.rgb_to_ycrcb(vi / 255.0)
-  expected = inference.to_uint8(color.ycrcb_to_rgb(np.clip((ir / 255.0 + y) / 2, 0, 1), cr, cb))
+  expected = image_files.to_uint8(color.ycrcb_to_rgb(np.clip((ir / 255.0 + y) / 2, 0, 1), cr, cb))
   np.testing.assert_array_equal(fused, expected)
   grey = np.repeat(vi[..., :1], 3, -1)
   assert inference.Fuser(method="max").fuse(ir, grey).shape == (20, 30, 1)
@@ -164,7 +165,7 @@ def test_model_fuser_pads_any_size_and_matches_fuse():
   fused = inference.Fuser(model=model).fuse(ir, vi)
   direct = nnx.jit(model_lib.fuse)(model, (ir / 255.0).astype(np.float32)[None],
                                    (vi[..., :1] / 255.0).astype(np.float32)[None])[0]
-  np.testing.assert_array_equal(fused, inference.to_uint8(direct))
+  np.testing.assert_array_equal(fused, image_files.to_uint8(direct))
 
 
 def write(path, array):
@@ -217,7 +218,7 @@ def test_demo_on_the_bundled_pairs(tmp_path):
                         checkpoint_dir=str(tmp_path / "tiny"), progress=False)
   assert text.startswith("Means over a sample of 4 pairs")
   tables = [line for line in text.splitlines() if line.startswith("| method")]
-  assert tables == ["| method | " + " | ".join(evaluator.DEMO_METRICS) + " |"] * 2
+  assert tables == ["| method | " + " | ".join(metrics.VALIDATION_COLUMNS) + " |"] * 2
   rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
   assert rows == ["| method", "| S4Fusion (this model)", "| method", "| average", "| max",
                   "| infrared", "| visible"]  # no published rows on a sample
@@ -252,7 +253,7 @@ def test_result_tables_lay_out_one_header_and_its_rows():
 def test_report_puts_the_published_rows_beside_ours_on_tno_only():
   ours = dict(EN=7.2, SD=40.0, SF=13.15, MI=2.5, SCD=1.8, VIF=0.774, Qabf=0.5, SSIM=0.5176,
               AG=4.0)
-  baselines = {"max": {k: 1.0 for k in evaluator.DEMO_METRICS}}
+  baselines = {"max": {k: 1.0 for k in metrics.VALIDATION_COLUMNS}}
   text = evaluator.report(ours, baselines, "/data/tno", 25, on_tno=True)
   for method in published.tno_results():
     assert text.count(f"| {method} |") == 1
@@ -270,7 +271,7 @@ def test_report_puts_the_published_rows_beside_ours_on_tno_only():
 
 def test_published_table_and_the_tie_rule():
   table = published.tno_results()
-  assert len(table) == 8 and all(tuple(r) == published.METRICS for r in table.values())
+  assert len(table) == 8 and all(tuple(r) == metrics.PUBLISHED_COLUMNS for r in table.values())
   assert table["CDDFuse"]["SSIM"] == pytest.approx(0.515) and table["SDNet"]["SCD"] == 1.49
   cdd = table["CDDFuse"]
   assert published.wins(dict(cdd), cdd) == []  # equal is not better
@@ -336,7 +337,8 @@ def test_validation_uses_the_first_pairs_by_name(tmp_path):
   config = smoke.get_config()  # validates on ../shared/data/tno
   config.data.data_dir = str(tmp_path / "tfds")
   config.eval_pairs, config.eval_size = 2, 61
-  validation = samples.Validation(config, str(tmp_path / "work"))
+  validation = samples.Validation(config, str(tmp_path / "work"), model_lib.fuse,
+                                  trainer.prepare(config.data.val, config.data.data_dir))
   names = sorted(os.listdir(shared_path("data", "tno", "ir")))[:2]
   expected = [samples.centre_crop(image_files.read_ir(shared_path("data", "tno", "ir", name)), 61)
               for name in names]

@@ -2,6 +2,7 @@
 a pair from another directory with its bundled weights and reads its split lists."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +12,12 @@ from conftest import REPO, subprocess_env
 def test_the_installed_package_runs_from_another_directory(tmp_path):
   wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
   work.mkdir()
+  source = tmp_path / "source"  # setuptools writes build/ into the tree it builds
+  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+      ".git", ".venv", "build", "out", "runs", "__pycache__", "*.egg-info"))
   pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
   subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                  str(REPO)], check=True, cwd=tmp_path, capture_output=True)
+                  str(source)], check=True, cwd=tmp_path, capture_output=True)
   subprocess.run([*pip, "install", "--no-deps", "--target", str(target),
                   *map(str, wheels.glob("*.whl"))], check=True, capture_output=True)
   env = {**subprocess_env(), "PYTHONPATH": str(target)}

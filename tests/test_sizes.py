@@ -22,7 +22,8 @@ def test_valid_length_is_the_reference_rule():
 
 def test_pad_splits_the_rest_left_half_first_and_crop_undoes_it():
   x = np.random.default_rng(0).random((2, 40, 50, 1)).astype(np.float32)
-  padded, box = sizes.pad_to_valid(x)
+  pads, _, box = sizes.placement(40, 50, bucket=False)
+  padded = np.pad(x, ((0, 0), *pads, (0, 0)))
   assert padded.shape == (2, 49, 61, 1)
   assert box == (4, 5, 40, 50)  # rest 9 -> 4 before, 5 after; rest 11 -> 5 before, 6 after
   assert np.all(np.asarray(padded)[:, :4] == 0) and np.all(np.asarray(padded)[:, -5:] == 0)

@@ -21,6 +21,7 @@ from conftest import REPO, TRAIN_FLAGS, run, subprocess_env
 from configs import bundled
 from configs import smoke
 from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.training import build
 from s4fusion_jax.training import run_log
 from s4fusion_jax.training import train_step
 from s4fusion_jax.training import trainer
@@ -46,10 +47,8 @@ def test_eight_devices_match_one(tmp_path):
 
 def initial_params():
   config = train_config.two_scales(train_config.get_config())  # as dp_step.py
-  tx, _ = train_step.make_optimizer(config)
-  _, state = trainer.create_train_state(config, tx)
   return {"/".join(map(str, k)): np.asarray(v)
-          for k, v in nnx.traversals.flatten_mapping(state.params).items()}
+          for k, v in nnx.traversals.flatten_mapping(build.build(config).state.params).items()}
 
 
 def final_params(workdir, step):
@@ -155,20 +154,21 @@ def test_deferred_metrics_name_the_first_bad_step():
 
 
 def test_batch_must_split_over_devices_and_micro_batches():
-  mesh = trainer.make_mesh()
-  trainer.check_batch(8, mesh, microbatches=4)
+  mesh = build.make_mesh()
+  build.check_batch(8, mesh, microbatches=4)
   with pytest.raises(ValueError, match="does not split into 3 micro-batches"):
-    trainer.check_batch(8, mesh, microbatches=3)
+    build.check_batch(8, mesh, microbatches=3)
 
 
 def test_micro_batches_give_the_whole_batch_gradient():
   config = train_config.two_scales(train_config.get_config())
-  tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = trainer.create_train_state(config, tx)
   rng = np.random.default_rng(0)
   batch = {k: rng.random((4, 37, 37, 1), np.float32) for k in ("ir", "vi")}
-  outs = [jax.jit(train_step.make_train_step(graphdef, None, tx, schedule, config.loss, k))(
-      state, batch, None) for k in (1, 2)]
+  outs = []
+  for k in (1, 2):
+    config.microbatches = k
+    run = build.build(config)
+    outs.append(run.train_step(run.state, batch, None))
   for name in ("loss", "grad_norm", "loss_l1"):
     np.testing.assert_allclose(outs[0][1][name], outs[1][1][name], rtol=2e-5)
   for a, b in zip(jax.tree.leaves(outs[0][0].params), jax.tree.leaves(outs[1][0].params)):
@@ -193,16 +193,14 @@ def test_init_from_a_converted_reference_checkpoint(tmp_path, tiny_golden):
   converted = reference.from_torch_state_dict(reference_state_dict(tiny_golden))
   checkpoint.save_model(tmp_path / "ref", converted)
   config = smoke.get_config()  # the tiny fixture's sizes
-  tx, _ = train_step.make_optimizer(config)
-  _, state = trainer.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
-  ours = jax.tree.leaves(state.params)
+  ours = jax.tree.leaves(build.build(config, init_from=str(tmp_path / "ref")).state.params)
   theirs = jax.tree.leaves(nnx.to_pure_dict(nnx.state(converted, nnx.Param)))
   assert len(ours) == len(theirs)
   for a, b in zip(ours, theirs):
     np.testing.assert_array_equal(a, b)
   config.model.d_state = 5
   with pytest.raises(ValueError, match="other sizes"):
-    trainer.create_train_state(config, tx, init_from=str(tmp_path / "ref"))
+    build.initial_model(config, init_from=str(tmp_path / "ref"))
 
 
 def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
@@ -222,7 +220,7 @@ def test_the_log_forgets_steps_past_the_resumed_checkpoint(tmp_path):
 def test_every_shipped_config_builds(name, arg):
   module = __import__(f"configs.{name}", fromlist=["get_config"])
   config = module.get_config() if arg is None else module.get_config(arg)
-  trainer.train_model_config(config)
+  build.train_model_config(config)
   train_step.make_optimizer(config)
   assert config.num_steps > 0 and config.batch_size % config.microbatches == 0
 

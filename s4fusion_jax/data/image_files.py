@@ -62,6 +62,11 @@ def list_images(folder):
   return sorted(n for n in os.listdir(folder) if n.lower().endswith(EXTENSIONS))
 
 
+def to_uint8(x):
+  """[0, 1] floats -> uint8 as ``save_image``: clamp to [0, 1], x255, round half to even."""
+  return np.round(np.clip(np.asarray(x, np.float32), 0, 1) * 255).astype(np.uint8)
+
+
 def write_png(path, array):
   """Writes uint8 (H, W), (H, W, 1) or (H, W, 3) to ``path`` atomically."""
   array = np.asarray(array)

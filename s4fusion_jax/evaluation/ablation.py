@@ -17,10 +17,10 @@ from s4fusion_jax.evaluation import inference
 from s4fusion_jax.evaluation import result_tables
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.objectives import metrics
 from s4fusion_jax.runtime import atomic_files
 from s4fusion_jax.training import trainer
 
-TABLE_METRICS = ("MI", "AG", "VIF", "Qabf", "SSIM", "SF")  # the paper's Table 3 columns
 # Without ResNet50 weights L_per is off for every variant, so "no_per" is "s4fusion".
 SAME_WITHOUT_PER = ("no_per", "s4fusion")
 
@@ -56,14 +56,8 @@ def train_seconds(run_dir, batch_size):
 
   It counts compilation (in the first interval) and excludes checkpoint writes.
   """
-  total, last = 0.0, 0
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "images_per_s" in record:
-        total += (record["step"] - last) * batch_size / record["images_per_s"]
-        last = record["step"]
-  return total
+  steps, rates = charts.read_log(run_dir)["images_per_s"]
+  return sum((b - a) * batch_size / r for a, b, r in zip([0, *steps], steps, rates))
 
 
 def run_variant(name, config, test_dir, workdir, progress=True):
@@ -80,29 +74,29 @@ def run_variant(name, config, test_dir, workdir, progress=True):
                             progress=progress)
   result = {"variant": name, "params": model_lib.count_params(model), "steps": config.num_steps,
             "train_seconds": train_seconds(run_dir, config.batch_size),
-            **{k: mean[k] for k in TABLE_METRICS}}
+            **{k: mean[k] for k in metrics.ABLATION_COLUMNS}}
   atomic_files.write_text(result_path, json.dumps(result, indent=1))
   return result
 
 
-def tables(results, notes=None):
-  """(markdown, csv) of the results: the six metrics, parameters, train time.
+def write_table(results, notes, out):
+  """Writes ablation.{md,csv} into ``out`` (returns the markdown): per variant of ``results``
+  ({variant: result dict}) the six metrics (the best in bold), parameters, train time; a
+  variant of ``notes`` ({variant: note}) shows its note."""
+  columns = metrics.ABLATION_COLUMNS
+  best = {k: max(r[k] for r in results.values()) for k in columns}
+  head = ["variant", *columns, "params", "steps", "train s"]
+  rows = [[name, *(r[k] for k in columns), r["params"], r["steps"], r["train_seconds"]]
+          for name, r in results.items()]
 
-  Args:
-    results: {variant: result dict}; best of each metric column in bold.
-    notes: {variant: a note shown in its row}.
-  """
-  notes = notes or {}
-  best = {k: max(r[k] for r in results.values()) for k in TABLE_METRICS}
-  head = ["variant", *TABLE_METRICS, "params", "steps", "train s"]
-  md_rows, csv_rows = [], []
-  for name, r in results.items():
-    cells = [f"**{r[k]:.3f}**" if r[k] == best[k] else f"{r[k]:.3f}" for k in TABLE_METRICS]
-    label = f"{name} ({notes[name]})" if name in notes else name
-    md_rows.append([label, *cells, f"{r['params']:,}", r["steps"], f"{r['train_seconds']:.0f}"])
-    csv_rows.append([name, *(f"{r[k]:.6g}" for k in TABLE_METRICS), r["params"], r["steps"],
-                     f"{r['train_seconds']:.1f}"])
-  return result_tables.markdown(head, md_rows), result_tables.csv_text(head, csv_rows)
+  def shown(column, value):
+    if column in columns:
+      return f"**{value:.3f}**" if value == best[column] else f"{value:.3f}"
+    if column == "variant":
+      return f"{value} ({notes[value]})" if value in notes else value
+    return {"params": f"{value:,}", "train s": f"{value:.0f}"}.get(column, str(value))
+
+  return result_tables.write(out, "ablation", head, rows, shown)
 
 
 def run(configs, test_dir, workdir, *, with_perceptual, progress=True):
@@ -130,10 +124,9 @@ def run(configs, test_dir, workdir, *, with_perceptual, progress=True):
     results[name] = run_variant(name, configs[name], test_dir, workdir, progress)
   if same in notes:
     results = {n: results[twin] if n == same else results[n] for n in names}
-  md, csv_text = tables(results, notes)
-  atomic_files.write_text(os.path.join(workdir, "ablation.md"), md)
-  atomic_files.write_text(os.path.join(workdir, "ablation.csv"), csv_text)
-  charts.save(charts.bars_figure({n: {k: r[k] for k in TABLE_METRICS} for n, r in results.items()},
+  md = write_table(results, notes, workdir)
+  charts.save(charts.bars_figure({n: {k: r[k] for k in metrics.ABLATION_COLUMNS}
+                                  for n, r in results.items()},
                                  "ablation variants on the test pairs"),
               os.path.join(workdir, "ablation.png"))
   return md

@@ -36,6 +36,7 @@ from s4fusion_jax.evaluation import charts
 from s4fusion_jax.evaluation import evaluator
 from s4fusion_jax.evaluation import result_tables
 from s4fusion_jax.interop import functional
+from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import color
 from s4fusion_jax.numerics import directions
 from s4fusion_jax.numerics import sizes
@@ -96,24 +97,20 @@ def compute(net, variables, data, progress=True):
   config = net.module(variables).config
   if config.fusion != "cmsa":
     raise ValueError(f"delta-stats reads CMSA blocks; this model's fusion is {config.fusion!r}")
-  dtype = jnp.dtype(config.dtype)
   per_image = []
   for name, ir, vi in evaluator.pairs(data):
-    pads, valid, _ = sizes.placement(*ir.shape[:2], *config.size_rule())
-    images = [np.pad(x[None], ((0, 0), *pads, (0, 0)))
-              for x in (ir / 255.0, color.rgb_to_y(vi / 255.0))]
-    means = _image_means(net, config.size_rule(), variables,
-                         *(jnp.asarray(x, dtype) for x in images), np.array([valid], np.int32))
+    means, _ = model_lib.run_placed(
+        config, functools.partial(_image_means, net, config.size_rule(), variables),
+        ir[None] / 255.0, color.rgb_to_y(vi[None] / 255.0))
     per_image.append(jax.tree.map(lambda x: float(np.asarray(x, np.float64)[0]), means))
     if progress:
       print(f"delta-stats: {name} ({len(per_image)})", flush=True)
   if not per_image:
     raise ValueError(f"no image pairs in {data}")
   blocks = jax.tree.map(lambda *xs: float(np.mean(xs)), *per_image)
-  layers = {}
-  for scale in range(config.levels):
-    members = [v for k, v in blocks.items() if k.startswith(f"fusion_{scale}/")]
-    layers[f"Layer{scale + 1}"] = jax.tree.map(lambda *xs: float(np.mean(xs)), *members)
+  layers = {f"Layer{scale + 1}": jax.tree.map(lambda *xs: float(np.mean(xs)), *(
+      v for k, v in blocks.items() if k.startswith(f"fusion_{scale}/")))
+            for scale in range(config.levels)}
   return {"pairs": len(per_image), "blocks": blocks, "layers": layers}
 
 
@@ -129,26 +126,18 @@ def observations(stats, form=PAPER_FORM):
           "Delta_V falls with depth": falls["vi"]}
 
 
-def tables(stats):
-  """(markdown, csv) of ``stats``: a row per layer and per block, Delta_I and Delta_V per form."""
-  head = ["layer", *(f"{f} {m}" for f in FORMS for m in ("I", "V"))]
-  rows = [(name, [values[f][m] for f in FORMS for m in MODALITIES])
-          for name, values in [*stats["layers"].items(), *stats["blocks"].items()]]
-  return (result_tables.markdown(head, [[name, *(f"{c:.4f}" for c in cells)]
-                                        for name, cells in rows]),
-          result_tables.csv_text(head, [[name, *(f"{c:.8g}" for c in cells)]
-                                        for name, cells in rows]))
-
-
 def write(stats, out):
-  """Writes delta_stats.{json,md,csv,png} into ``out``; returns the markdown path."""
-  md, table_csv = tables(stats)
+  """Writes delta_stats.{json,md,csv,png} into ``out``: a row per layer and per block, Delta_I
+  and Delta_V per form; returns the markdown path."""
+  head = ["layer", *(f"{f} {m}" for f in FORMS for m in ("I", "V"))]
+  rows = [[name, *(values[f][m] for f in FORMS for m in MODALITIES)]
+          for name, values in [*stats["layers"].items(), *stats["blocks"].items()]]
   checks = observations(stats)
-  md += (f"\n{stats['pairs']} pairs. The paper's form is {PAPER_FORM} (see "
-         "s4fusion_jax/evaluation/delta_stats.py). On it:\n\n"
-         + "".join(f"- {claim}: {'yes' if holds else 'no'}\n" for claim, holds in checks.items()))
-  for name, text in (("delta_stats.json", json.dumps(stats, indent=1)),
-                     ("delta_stats.md", md), ("delta_stats.csv", table_csv)):
-    atomic_files.write_text(os.path.join(out, name), text)
+  note = (f"\n{stats['pairs']} pairs. The paper's form is {PAPER_FORM} (see "
+          "s4fusion_jax/evaluation/delta_stats.py). On it:\n\n"
+          + "".join(f"- {claim}: {'yes' if holds else 'no'}\n" for claim, holds in checks.items()))
+  result_tables.write(out, "delta_stats", head, rows,
+                      lambda column, value: value if column == "layer" else f"{value:.4f}", note)
+  atomic_files.write_text(os.path.join(out, "delta_stats.json"), json.dumps(stats, indent=1))
   charts.save(charts.delta_figure(stats["layers"], FORMS), os.path.join(out, "delta_stats.png"))
   return os.path.join(out, "delta_stats.md")

@@ -20,16 +20,14 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
 
 from s4fusion_jax.data import datasets
 from s4fusion_jax.data import image_files
-from s4fusion_jax.evaluation import image_grid
+from s4fusion_jax.data import image_grid
 from s4fusion_jax.evaluation import published
 from s4fusion_jax.evaluation import result_tables
 from s4fusion_jax.objectives import metrics
 from s4fusion_jax.runtime import atomic_files
-from s4fusion_jax.training import samples
 
 SAMPLE_HEIGHT = 192
 
@@ -53,16 +51,10 @@ def tables(per_image):
   names = list(metrics.NAMES)
   mean = {k: float(np.mean([m[k] for m in per_image.values()])) for k in names}
   csv_text = result_tables.csv_text(
-      ["name", *names], [[name, *(f"{m[k]:.6g}" for k in names)] for name, m in per_image.items()])
+      ["name", *names], [[name, *(m[k] for k in names)] for name, m in per_image.items()])
   md = result_tables.markdown(["pairs", *names],
                               [[len(per_image), *(f"{mean[k]:.4f}" for k in names)]])
   return csv_text, md, mean
-
-
-def _read_fused(path):
-  """A fused image as ``Fuser.fuse`` returned it: uint8 (H, W, 1) or (H, W, 3)."""
-  image = np.asarray(Image.open(path))
-  return image[..., None] if image.ndim == 2 else image
 
 
 def _resume(record, identity):
@@ -113,11 +105,11 @@ def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True, on
       path = fused_path(name)
       if name in done:
         per_image[name] = done[name]
-        fused = _read_fused(path) if len(rows) < num_samples else None
+        fused = image_files.read_vi(path) if len(rows) < num_samples else None
       else:
         fused = fuser.fuse(ir, vi)
         image_files.write_png(path, fused)
-        saved = np.asarray(Image.open(path).convert("RGB"))
+        saved = image_files.read_vi(path)
         per_image[name] = metrics.compute(metrics.evaluator_gray(saved),
                                           metrics.evaluator_gray(ir), metrics.evaluator_gray(vi))
         log.write(json.dumps({"name": name, "metrics": per_image[name]}) + "\n")
@@ -139,11 +131,7 @@ def evaluate(fuser, data, out, *, split="test", num_samples=4, progress=True, on
   return mean
 
 
-def _four_decimals(metric, value):  # pylint: disable=unused-argument
-  return f"{value:.4f}"
-
-
-def compare(results, names=samples.PAPER_METRICS, bold=True, key=lambda metric, value: value,
+def compare(results, names=metrics.PAPER_COLUMNS, bold=True, key=lambda metric, value: value,
             formats=None):
   """A markdown table of mean metrics, one row per method; the best of each column in bold.
 
@@ -160,7 +148,7 @@ def compare(results, names=samples.PAPER_METRICS, bold=True, key=lambda metric, 
           for k in names}
   rows = []
   for method, r in results.items():
-    shown = formats.get(method, _four_decimals)
+    shown = formats.get(method, lambda metric, value: f"{value:.4f}")
     cells = ["-" if k not in r else f"**{shown(k, r[k])}**" if bold and key(k, r[k]) == best[k]
              else shown(k, r[k]) for k in names]
     rows.append([method, *cells])
@@ -190,14 +178,13 @@ def figure(data, fused_dirs, names, out, height=SAMPLE_HEIGHT):
                           os.path.splitext(name)[0] + ".png")
       if not os.path.isfile(path):
         raise FileNotFoundError(f"no fused image of {name} for {label!r}: {path}")
-      row.append(np.asarray(Image.open(path).convert("RGB")))
+      row.append(image_files.read_vi(path))
     rows.append(row)
   image_files.write_png(out, image_grid.image_rows(rows, height, ["infrared", "visible",
                                                                 *fused_dirs]))
   return out
 
 
-DEMO_METRICS = samples.VALIDATION_METRICS  # the published TNO table's columns, and AG
 CONTEXT = ("Context, not fusion networks: simple baselines. MI and VIF measure how much of each "
            "source's signal the fused image reproduces exactly, so copying a source or taking "
            "the pixel-wise max scores high on them.")
@@ -219,7 +206,8 @@ def report(ours, baselines, data, num_pairs, on_tno):
             "sum), so rows that tie there are all bold.")
     table = published.tno_results()
     rows.update(table)
-    counts = [f"{method} on {len(w)} of {len(published.METRICS)} ({', '.join(w) or 'none'})"
+    of = len(metrics.PUBLISHED_COLUMNS)
+    counts = [f"{method} on {len(w)} of {of} ({', '.join(w) or 'none'})"
               for method, w in ((m, published.wins(ours, r)) for m, r in table.items())]
     head_to_head = ("\nS4Fusion beats (at the table's two decimals, SSIM as the sum): "
                     + "; ".join(counts) + ".\n")
@@ -228,10 +216,10 @@ def report(ours, baselines, data, num_pairs, on_tno):
             "all 25 TNO pairs, so they are not shown: run on ../shared/data/tno to see them.")
     head_to_head = ""
   formats = {method: published.as_published for method in rows if method in published.tno_results()}
-  return (head + "\n\n" + compare(rows, DEMO_METRICS, bold=len(rows) > 1, key=published.rounded,
+  columns = metrics.VALIDATION_COLUMNS
+  return (head + "\n\n" + compare(rows, columns, bold=len(rows) > 1, key=published.rounded,
                                   formats=formats)
-          + head_to_head + "\n" + CONTEXT
-          + "\n\n" + compare(baselines, DEMO_METRICS, bold=False))
+          + head_to_head + "\n" + CONTEXT + "\n\n" + compare(baselines, columns, bold=False))
 
 
 def demo(out, data=None, checkpoint_dir=None, progress=True, exact_sizes=False):

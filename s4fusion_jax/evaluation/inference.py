@@ -17,27 +17,24 @@ host's cores.
 """
 
 import dataclasses
+import functools
 import hashlib
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from s4fusion_jax.data import image_files
 from s4fusion_jax.evaluation import baselines
 from s4fusion_jax.interop import checkpoint
+from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import color
 from s4fusion_jax.numerics import sizes
 
 METHODS = tuple(baselines.METHODS)
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # s4fusion_jax/
 BUNDLED_MODEL = os.path.join(PACKAGE, "weights", "s4fusion")
-
-
-def to_uint8(x):
-  """[0, 1] floats -> uint8 as ``save_image``: clamp to [0, 1], x255, round half to even."""
-  return np.round(np.clip(np.asarray(x, np.float32), 0, 1) * 255).astype(np.uint8)
 
 
 class Fuser:
@@ -91,15 +88,9 @@ class Fuser:
     """ir, vi_y: float32 (H, W, 1) in [0, 1] -> fused Y, float32 (H, W, 1), unclamped."""
     if self.method is not None:
       return baselines.METHODS[self.method](ir, vi_y)
-    pads, valid, box = sizes.placement(*ir.shape[:2], *self.model.config.size_rule(),
-                                       bucket=self.bucketed)
-    dtype = jnp.dtype(self.model.config.dtype)
-    ir_p, vi_p = (jnp.asarray(np.pad(x[None], ((0, 0), *pads, (0, 0))), dtype)
-                  for x in (ir, vi_y))
-    fused = self._apply(self._state, ir_p, vi_p,
-                        np.array([valid], np.int32) if self.bucketed else None)
-    fused = np.asarray(fused, np.float32)[:, :valid[0], :valid[1]]  # on the host: no program
-    return sizes.crop(fused, box)[0]
+    fused, box = model_lib.run_placed(self.model.config, functools.partial(
+        self._apply, self._state), ir[None], vi_y[None], bucket=self.bucketed)
+    return sizes.crop(np.asarray(fused, np.float32), box)[0]  # on the host: no program
 
   def fuse(self, ir, vi):
     """uint8 ir (H, W, 1) and vi (H, W, 3) -> uint8 fused (H, W, 1) or, for colour vi, (H, W, 3)."""
@@ -110,5 +101,5 @@ class Fuser:
     fused_y = self.fuse_y(ir.astype(np.float32) / 255, y.astype(np.float32))
     grey = np.array_equal(vi[..., 0], vi[..., 1]) and np.array_equal(vi[..., 1], vi[..., 2])
     if grey:
-      return to_uint8(fused_y)
-    return to_uint8(color.ycrcb_to_rgb(np.clip(fused_y, 0, 1), cr, cb))
+      return image_files.to_uint8(fused_y)
+    return image_files.to_uint8(color.ycrcb_to_rgb(np.clip(fused_y, 0, 1), cr, cb))

@@ -14,9 +14,9 @@ import hashlib
 
 import numpy as np
 
-# The published table's columns, in its order; "SSIM" is our convention (the mean of the two).
-METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
-_PUBLISHED_COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM_sum")
+from s4fusion_jax.objectives import metrics
+
+# Rows in the order of ``metrics.PUBLISHED_COLUMNS``; the last is SSIM(F, IR) + SSIM(F, VI).
 _TABLE = {
     "DIDFuse": (6.97, 45.12, 12.59, 1.70, 1.71, 0.60, 0.40, 0.81),
     "U2Fusion": (6.83, 34.55, 11.52, 1.37, 1.71, 0.58, 0.44, 0.99),
@@ -36,43 +36,24 @@ def as_published(metric, value):
 
 
 def tno_results():
-  """{method: {metric: published mean}} over ``METRICS`` (SSIM halved to our convention)."""
-  results = {}
-  for method, row in _TABLE.items():
-    values = dict(zip(_PUBLISHED_COLUMNS, row))
-    values["SSIM"] = values.pop("SSIM_sum") / 2
-    results[method] = {k: values[k] for k in METRICS}
+  """{method: {metric: published mean}} over ``metrics.PUBLISHED_COLUMNS`` (SSIM halved to our
+  convention)."""
+  results = {method: dict(zip(metrics.PUBLISHED_COLUMNS, row)) for method, row in _TABLE.items()}
+  for values in results.values():
+    values["SSIM"] /= 2
   return results
 
 
-# The 25 TNO pairs of the table: file name -> ``fingerprint`` of the infrared image.
-TNO_PAIRS = {
-    "01.png": "ce1814165718a401",
-    "02.png": "dd05069fa4543e8a",
-    "03.png": "77bb930fd693eb1e",
-    "04.png": "b0ee3845f9bfec86",
-    "05.png": "514d8675a46ccb66",
-    "06.png": "9316304cd28842cd",
-    "07.png": "d71619487b443935",
-    "08.png": "fb72eee968f98664",
-    "09.png": "ee354d7aed80d2cb",
-    "10.png": "a627a7280b1ec136",
-    "11.png": "7d1e55893d282812",
-    "12.png": "b0b464ff55d6591b",
-    "13.png": "c7d55f5cc9ce395a",
-    "14.png": "42047569f2c398ac",
-    "15.png": "b509fb947b418c5c",
-    "16.png": "4e291fd031110fe9",
-    "17.png": "c00f10d2f1fe0547",
-    "18.png": "90901d5e5b3b2b0d",
-    "19.png": "65f4e674aa19e9ba",
-    "20.png": "b280ea945b8bb55b",
-    "21.png": "964f33db0e4808fe",
-    "22.png": "6ab2024a334de7fb",
-    "23.png": "00a3bccb733ccdc2",
-    "24.png": "92dc6b61dac531ae",
-    "25.png": "bdbe25d4567ab653",
-}
+# The 25 TNO pairs of the table: 01.png ... 25.png -> ``fingerprint`` of the infrared image.
+TNO_PAIRS = dict(zip((f"{i:02d}.png" for i in range(1, 26)), (
+    "ce1814165718a401", "dd05069fa4543e8a", "77bb930fd693eb1e", "b0ee3845f9bfec86",
+    "514d8675a46ccb66", "9316304cd28842cd", "d71619487b443935", "fb72eee968f98664",
+    "ee354d7aed80d2cb", "a627a7280b1ec136", "7d1e55893d282812", "b0b464ff55d6591b",
+    "c7d55f5cc9ce395a", "42047569f2c398ac", "b509fb947b418c5c", "4e291fd031110fe9",
+    "c00f10d2f1fe0547", "90901d5e5b3b2b0d", "65f4e674aa19e9ba", "b280ea945b8bb55b",
+    "964f33db0e4808fe", "6ab2024a334de7fb", "00a3bccb733ccdc2", "92dc6b61dac531ae",
+    "bdbe25d4567ab653",
+)))
 
 
 def fingerprint(ir):
@@ -98,5 +79,6 @@ def beats(ours, published, metric):
 
 
 def wins(ours, published):
-  """The metrics of ``METRICS`` on which ``ours`` ({metric: mean}) beats one published row."""
-  return [k for k in METRICS if beats(ours[k], published[k], k)]
+  """The metrics of ``metrics.PUBLISHED_COLUMNS`` on which ``ours`` ({metric: mean}) beats one
+  published row."""
+  return [k for k in metrics.PUBLISHED_COLUMNS if beats(ours[k], published[k], k)]

@@ -1,12 +1,16 @@
 """Result tables as text: GitHub markdown and CSV from one header and its rows.
 
 Every job that tabulates (evaluation, the comparison with published rows, the ablation
-study, Table 5) formats its cells itself and hands them here as strings; the layout is
-kept in one place.
+study, Table 5) hands its values here: a CSV keeps them exact (floats to 8 significant
+digits), a markdown table shows them as the job formats them; the layout is kept in one place.
 """
 
 import csv
 import io
+import numbers
+import os
+
+from s4fusion_jax.runtime import atomic_files
 
 
 def _checked(head, rows):
@@ -35,10 +39,26 @@ def markdown(head, rows):
   return "\n".join(lines) + "\n"
 
 
+def _exact(value):
+  real = isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+  return f"{value:.8g}" if real else str(value)
+
+
 def csv_text(head, rows):
-  """The same table as CSV text (``csv`` module's quoting; rows as in ``markdown``)."""
+  """The same table as CSV text (``csv`` module's quoting): floats with 8 significant digits,
+  other cells as ``str(cell)``."""
   out = io.StringIO()
   writer = csv.writer(out)
   writer.writerow(head)
-  writer.writerows(_checked(head, rows))
+  writer.writerows(_checked(head, [[_exact(cell) for cell in row] for row in rows]))
   return out.getvalue()
+
+
+def write(folder, name, head, rows, shown, note=""):
+  """Writes the values ``rows`` under ``head`` as ``folder/name.csv`` (``csv_text``) and
+  ``folder/name.md`` (cells ``shown(column name, value)``, then ``note``), atomically; returns
+  the markdown."""
+  md = markdown(head, [[shown(h, v) for h, v in zip(head, row)] for row in rows]) + note
+  atomic_files.write_text(os.path.join(folder, f"{name}.md"), md)
+  atomic_files.write_text(os.path.join(folder, f"{name}.csv"), csv_text(head, rows))
+  return md

@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from s4fusion_jax.network import cmsa
@@ -259,24 +260,28 @@ class S4Fusion(nnx.Module):
     return self.stages(ir, vi, valid)["output"]
 
 
+def run_placed(config: ModelConfig, apply, ir, vi, *, bucket=True):
+  """(``apply(ir, vi, valid)``, box) for (batch, H, W, 1) images of any H x W, placed as the
+  model takes them: zero-padded to the size rule as the reference pads them (numpy images on
+  the host) and, with ``bucket``, at the top-left of their size bucket (``sizes.placement``),
+  in ``config.dtype``; ``valid``: (batch, 2) int32 valid rectangles (H_v, W_v), or None
+  without ``bucket``; ``box``: (top, left, H, W), the images in the output (``sizes.crop``)."""
+  pads, valid, box = sizes.placement(*ir.shape[1:3], *config.size_rule(), bucket=bucket)
+  pad = np.pad if isinstance(ir, np.ndarray) else jnp.pad
+  ir, vi = (jnp.asarray(pad(x, ((0, 0), *pads, (0, 0))), config.dtype) for x in (ir, vi))
+  valid = np.broadcast_to(np.array(valid, np.int32), (ir.shape[0], 2)) if bucket else None
+  return apply(ir, vi, valid), box
+
+
 def fuse(model: S4Fusion, ir, vi, *, exact_sizes=False):
   """Fuses (batch, H, W, 1) images in [0, 1] of any H x W -> (batch, H, W, 1), unclamped.
 
-  The images are zero-padded to the size rule as the reference pads them, then (unless
-  ``exact_sizes``, or for a fusion that takes no buckets) placed in their size bucket with
-  the valid rectangle passed to the model; the output is cropped back. Both give the same
-  numbers; under ``jit`` the bucket's rectangle is a constant of the program: to share one
-  program across sizes, pass ``valid`` as an argument (``inference.Fuser`` does).
+  ``run_placed`` places them in their size bucket (not with ``exact_sizes`` or a fusion that
+  takes no buckets: the same numbers); under ``jit`` the bucket's rectangle is a constant.
   """
-  rule = model.config.size_rule()
-  if exact_sizes or not model.takes_buckets:
-    ir_padded, box = sizes.pad_to_valid(ir, *rule)
-    vi_padded, _ = sizes.pad_to_valid(vi, *rule)
-    return sizes.crop(model(ir_padded, vi_padded), box)
-  pads, valid, box = sizes.placement(*ir.shape[1:3], *rule)
-  ir_b, vi_b = (jnp.pad(x, ((0, 0), *pads, (0, 0))) for x in (ir, vi))
-  fused = model(ir_b, vi_b, jnp.broadcast_to(jnp.asarray(valid), (ir.shape[0], 2)))
-  return sizes.crop(fused[:, :valid[0], :valid[1]], box)
+  fused, box = run_placed(model.config, model, ir, vi,
+                          bucket=model.takes_buckets and not exact_sizes)
+  return sizes.crop(fused, box)
 
 
 def create(config: ModelConfig, seed=0) -> S4Fusion:

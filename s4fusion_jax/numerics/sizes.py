@@ -5,7 +5,7 @@ length n is valid when (n - k) is a multiple of s and the patch count
 (n - k) / s + 1 is a multiple of 2^(levels - 1). For the reference (k = 4, s = 3,
 three levels) that is (n - 1) % 12 == 0. The reference's test script zero-pads
 both sides up to the next valid length, ``rest // 2`` before and the remainder
-after, and crops the output back; ``pad_to_valid`` / ``crop`` do the same.
+after, and crops the output back; ``placement`` / ``crop`` do the same.
 
 Size buckets: so that one compiled program fuses many sizes, a reference-padded image (its
 "valid rectangle") can be placed at the top-left of a larger valid size, its bucket, with the
@@ -37,17 +37,6 @@ def valid_length(n, kernel=4, stride=3, levels=3):
   return stride * (patches - 1) + kernel
 
 
-def pad_to_valid(images, kernel=4, stride=3, levels=3):
-  """Zero-pads (batch, H, W, C) images to the next valid size, as the reference does.
-
-  Returns:
-    The padded images and the crop box ``(top, left, H, W)`` that ``crop`` undoes.
-  """
-  _, height, width, _ = images.shape
-  pads, _, box = placement(height, width, kernel, stride, levels, bucket=False)
-  return jnp.pad(images, ((0, 0), *pads, (0, 0))), box
-
-
 def crop(images, box):
   """Crops (batch, H', W', C) images to ``box = (top, left, H, W)``."""
   top, left, height, width = box
@@ -74,7 +63,7 @@ def placement(height, width, kernel=4, stride=3, levels=3, bucket=True):
 
   Returns:
     ``pads``: ((top, bottom), (left, right)), the zero padding that places the image where
-    ``pad_to_valid`` places it inside its valid rectangle, and (with ``bucket``) that
+    the reference pads it inside its valid rectangle, and (with ``bucket``) that
     rectangle at the top-left of a ``bucket_length`` x ``bucket_length`` bucket;
     ``valid``: (H_v, W_v), the rectangle's size; ``box``: (top, left, H, W), the image inside
     the rectangle, for ``crop``.

@@ -5,8 +5,7 @@
 
 Inputs are 2-D float arrays in 0..255 (the images as that Evaluator reads them: 8-bit
 gray). Everything is computed in float64 with NumPy, vectorised (separable filters as
-sliding-window products), which measured faster than the Evaluator's own code and than a
-jitted JAX version for one image at a time on CPU (bench/metrics.py).
+sliding-window products).
 
 Conventions (those behind the numbers of recent infrared-visible fusion papers):
   EN    entropy (bits) of the histogram of round(F) over 0..255.
@@ -37,6 +36,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 NAMES = ("EN", "SD", "SF", "AG", "MI", "MI_bits", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR",
          "MSE")
+# The columns of the tables that show some, in order. The published TNO table's (CDDFuse's
+# Table 1) with our SSIM (the mean of the two); validation records those and AG.
+PAPER_COLUMNS = ("MI", "SF", "AG", "SSIM", "VIF", "Qabf")
+ABLATION_COLUMNS = ("MI", "AG", "VIF", "Qabf", "SSIM", "SF")  # the paper's Table 3
+PUBLISHED_COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+VALIDATION_COLUMNS = PUBLISHED_COLUMNS + ("AG",)
 
 
 def _valid_filter(x, taps):

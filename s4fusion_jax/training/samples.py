@@ -3,7 +3,7 @@
 The validation pairs are the first ``config.eval_pairs`` (by name) of ``config.data.val``,
 centre-cropped to ``config.eval_size`` (one shape, one compilation). Each validation
 writes ``WORKDIR/samples/step_NNNNNN.png`` (rows of IR | VI | fused) and returns the mean
-of ``VALIDATION_METRICS``; the best model by ``config.best_metric`` is kept in
+of ``metrics.VALIDATION_COLUMNS``; the best model by ``config.best_metric`` is kept in
 ``WORKDIR/best-STEP`` (``WORKDIR/best.json`` names it; older ones are removed after). In a
 multi-host run every process validates and saves (orbax); process 0 alone writes the rest.
 """
@@ -15,22 +15,14 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from s4fusion_jax.data import datasets
 from s4fusion_jax.data import image_files
-from s4fusion_jax.evaluation import image_grid
-from s4fusion_jax.evaluation import inference
-from s4fusion_jax.evaluation import published
+from s4fusion_jax.data import image_grid
 from s4fusion_jax.interop import checkpoint
-from s4fusion_jax.network import model as model_lib
 from s4fusion_jax.numerics import color
 from s4fusion_jax.objectives import metrics
-from s4fusion_jax.runtime import cluster
-
-PAPER_METRICS = ("MI", "SF", "AG", "SSIM", "VIF", "Qabf")
-# Validation records the columns of the published TNO table and AG (the demo's columns).
-VALIDATION_METRICS = published.METRICS + ("AG",)
+from s4fusion_jax.runtime import atomic_files
 
 
 def centre_crop(x, size):
@@ -42,21 +34,18 @@ def centre_crop(x, size):
 class Validation:
   """Fuses fixed validation pairs every ``eval_every`` steps; keeps the best model."""
 
-  def __init__(self, config, workdir):
-    self.workdir, self.config = workdir, config
-    entry = config.data.val
-    with cluster.process_zero_first(f"prepare {entry['dataset']}"):
-      dataset_dir, _ = datasets.prepare(entry["dataset"], entry["manual_dir"],
-                                        config.data.data_dir, name=entry.get("name"),
-                                        validation=entry.get("validation"))
-    names = datasets.source(dataset_dir, entry["split"], decode_images=False)
+  def __init__(self, config, workdir, fuse, dataset_dir):
+    """``fuse(model, ir, vi)``: (batch, H, W, 1) in [0, 1] -> fused (``build.Run.fuse``);
+    ``dataset_dir``: ``config.data.val`` prepared (``trainer.prepare``)."""
+    self.workdir, self.config, self.fuse = workdir, config, fuse
+    split = config.data.val["split"]
+    names = datasets.source(dataset_dir, split, decode_images=False)
     first = sorted(range(len(names)), key=lambda i: names[i]["name"])[:config.eval_pairs]
-    src = datasets.source(dataset_dir, entry["split"])
+    src = datasets.source(dataset_dir, split)
     examples = [src[i] for i in first]
     self.ir = np.stack([centre_crop(e["ir"], config.eval_size) for e in examples])
     self.vi_rgb = np.stack([centre_crop(e["vi"], config.eval_size) for e in examples])
     self.vi = color.rgb_to_y(self.vi_rgb / 255.0).astype(np.float32)
-    self.fuse = nnx.jit(model_lib.fuse)
     self.writer = jax.process_index() == 0  # every process validates, process 0 writes
     best_path = os.path.join(workdir, "best.json")
     self.best = json.load(open(best_path)) if os.path.exists(best_path) else None
@@ -67,16 +56,17 @@ class Validation:
     Returns:
       ({"val/<metric>": mean}, the grid: uint8 (H, W, 3) on process 0, None on the others).
     """
-    fused = inference.to_uint8(self.fuse(model, jnp.asarray(self.ir / np.float32(255)),
-                               jnp.asarray(self.vi)))
-    vi_y = inference.to_uint8(self.vi)
+    fused = image_files.to_uint8(self.fuse(model, jnp.asarray(self.ir / np.float32(255)),
+                                           jnp.asarray(self.vi)))
+    vi_y = image_files.to_uint8(self.vi)
     grid = None
     if self.writer:
       grid = image_grid.image_rows(list(zip(self.ir, self.vi_rgb, fused)), self.config.eval_size)
       image_files.write_png(os.path.join(self.workdir, "samples", f"step_{step:06d}.png"), grid)
     scores = [metrics.compute(f[..., 0], a[..., 0], b[..., 0])
               for f, a, b in zip(fused, self.ir, vi_y)]
-    record = {f"val/{k}": float(np.mean([s[k] for s in scores])) for k in VALIDATION_METRICS}
+    record = {f"val/{k}": float(np.mean([s[k] for s in scores]))
+              for k in metrics.VALIDATION_COLUMNS}
     self._keep_best(model, step, record[f"val/{self.config.best_metric}"])
     return record, grid
 
@@ -89,10 +79,7 @@ class Validation:
     self.best = {"step": step, "metric": self.config.best_metric, "value": value, "path": path}
     if not self.writer:
       return
-    tmp = os.path.join(self.workdir, ".best.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(self.best, f)
-    os.replace(tmp, os.path.join(self.workdir, "best.json"))
+    atomic_files.write_text(os.path.join(self.workdir, "best.json"), json.dumps(self.best))
     if previous is not None and previous["path"] != path:
       shutil.rmtree(previous["path"], ignore_errors=True)
 

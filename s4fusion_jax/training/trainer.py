@@ -1,14 +1,8 @@
-"""The training job: state, the jit-compiled data-parallel step, checkpoints, logs, validation.
+"""The training job: data, the data-parallel step (``build``), checkpoints, logs, validation.
 
-Data parallelism is ``jax.jit`` over a 1-D device ``Mesh`` with axis ``data``: the batch
-is sharded along it (``NamedSharding(mesh, P('data'))``), parameters, optimizer state
-and the frozen ResNet50 are replicated (``P()``), and XLA's SPMD partitioner inserts the
-gradient all-reduce. This is what ``jax.pmap`` is built on today, without pmap's
-per-device Python view; multi-host runs call ``jax.distributed.initialize()`` first and
-each host feeds its shard of the global batch.
-
-The step is one pure function ``(state, batch, resnet_state) -> (state, metrics)``
-(``train_step``).
+Multi-host runs call ``jax.distributed.initialize()`` first and each host feeds its shard of
+the global batch. The step is one pure function ``(state, batch, resnet_state) -> (state,
+metrics)`` (``train_step``).
 """
 
 import dataclasses
@@ -18,18 +12,16 @@ import time
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from s4fusion_jax.data import datasets
 from s4fusion_jax.data import input_pipeline
 from s4fusion_jax.interop import checkpoint
 from s4fusion_jax.network import model as model_lib
-from s4fusion_jax.numerics import scan
-from s4fusion_jax.objectives import losses
 from s4fusion_jax.runtime import cluster
+from s4fusion_jax.training import build
 from s4fusion_jax.training import run_log
 from s4fusion_jax.training import samples
 from s4fusion_jax.training import train_step
@@ -39,69 +31,17 @@ class NonFiniteLoss(RuntimeError):
   """A loss term became NaN or Inf."""
 
 
-def make_mesh():
-  """A 1-D mesh named 'data' over every device of every host."""
-  return Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def check_batch(global_batch, mesh, microbatches=1):
-  devices = mesh.devices.size
-  if global_batch % devices:
-    raise ValueError(f"the global batch {global_batch} is not divisible by the {devices} devices; "
-                     f"use a multiple of {devices} (e.g. --config.batch_size="
-                     f"{max(devices, global_batch // devices * devices)})")
-  if global_batch % (microbatches * devices):
-    raise ValueError(f"the global batch {global_batch} does not split into {microbatches} "
-                     f"micro-batches over {devices} devices (needs a multiple of "
-                     f"{microbatches * devices})")
-  if global_batch % jax.process_count():
-    raise ValueError(f"the global batch {global_batch} is not divisible by the "
-                     f"{jax.process_count()} hosts")
-
-
-def train_model_config(config) -> model_lib.ModelConfig:
-  """The ``ModelConfig`` of a training config, with an "auto" scan resolved for training."""
-  model_config = model_lib.ModelConfig(**config.model)
-  return dataclasses.replace(model_config, scan_backend=scan.resolve_backend(
-      model_config.scan_backend, model_config.scan_platform, differentiated=True).value)
-
-
-def create_train_state(config, tx, init_from=None):
-  """(graphdef, state): a new model (or ``init_from``'s weights) and a fresh optimizer."""
-  model_config = train_model_config(config)
-  if init_from:
-    stored = checkpoint.read_model_config(init_from)
-    sizes = lambda c: (c.dims, c.depths, c.depths_decoder, c.d_state, c.fusion_d_state,
-                       c.fusion_blocks, c.expand, c.fusion, c.patch_mark, c.fusion_heads)
-    if sizes(stored) != sizes(model_config):
-      raise ValueError(f"--init_from {init_from} holds a model of other sizes ({stored}) than "
-                       f"the config ({model_config})")
-    model = checkpoint.load_model(init_from, **{
-        f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)})
-    model.train()
-  else:
-    model = model_lib.create(model_config, config.seed)
-  return train_step.init_state(model, tx, config.seed)
-
-
-def _sources(entries, data_dir):
-  """Prepares (if needed) and opens each ``{dataset, manual_dir, split, weight}`` entry.
-
-  Optional keys ``name``, ``skip_bad_pairs`` and ``validation`` go to ``datasets.prepare``.
-  """
-  sources, weights = [], []
-  for entry in entries:
-    with cluster.process_zero_first(f"prepare {entry['dataset']}"):
-      dataset_dir, skipped = datasets.prepare(entry["dataset"], entry["manual_dir"], data_dir,
-                                              name=entry.get("name"),
-                                              skip_bad_pairs=entry.get("skip_bad_pairs", False),
-                                              validation=entry.get("validation"))
-    for name, reason in skipped:
-      print(f"skipped {name}: {reason}")
-    src = datasets.source(dataset_dir, entry["split"])
-    sources.append(src)
-    weights.append(entry.get("weight") or len(src))
-  return sources, weights
+def prepare(entry, data_dir):
+  """A config's ``{dataset, manual_dir, split, ...}`` entry prepared (if needed; process 0
+  first) -> its dataset folder; ``name``, ``skip_bad_pairs``, ``validation`` are optional."""
+  with cluster.process_zero_first(f"prepare {entry['dataset']}"):
+    dataset_dir, skipped = datasets.prepare(entry["dataset"], entry["manual_dir"], data_dir,
+                                            name=entry.get("name"),
+                                            skip_bad_pairs=entry.get("skip_bad_pairs", False),
+                                            validation=entry.get("validation"))
+  for name, reason in skipped:
+    print(f"skipped {name}: {reason}")
+  return dataset_dir
 
 
 def _checkpoint_manager(workdir, config):
@@ -170,21 +110,15 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
     (graphdef, final ``TrainState``): ``train_step.model_of(graphdef, state)`` is the model.
   """
   os.makedirs(workdir, exist_ok=True)
-  mesh = make_mesh()
-  check_batch(config.batch_size, mesh, config.microbatches)
+  mesh = build.make_mesh()
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
-  resnet_graphdef = resnet_state = None
-  if losses.needs_resnet(config.loss):
-    net = checkpoint.load_resnet(config.loss.resnet_weights)
-    resnet_graphdef, resnet_state = nnx.split(net)
-    resnet_state = jax.device_put(resnet_state, replicated)
-
-  tx, schedule = train_step.make_optimizer(config)
-  graphdef, state = create_train_state(config, tx, init_from)
+  run = build.build(config, init_from=init_from, mesh=mesh)
+  graphdef, state, resnet_state = run.graphdef, run.state, run.resnet_state
   model_config = model_lib.ModelConfig(**config.model)  # saved with "auto", as configured
 
-  sources, weights = _sources(config.data.train, config.data.data_dir)
+  sources = [datasets.source(prepare(e, config.data.data_dir), e["split"])
+             for e in config.data.train]
+  weights = [e.get("weight") or len(src) for e, src in zip(config.data.train, sources)]
   data = input_pipeline.train_dataset(
       sources, crop=config.crop_size, batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, weights=weights, shard_index=jax.process_index(),
@@ -195,16 +129,13 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
   cluster.barrier("start")  # processes that read more from the compile cache wait here
   manager = _checkpoint_manager(workdir, config)
   if manager.latest_step() is not None:
-    state = _restore(manager, graphdef, state, data_iterator, replicated)
+    state = jax.device_put(_restore(manager, graphdef, state, data_iterator, replicated),
+                           replicated)
     print(f"resumed from step {int(state.step)} in {workdir}")
-  state = jax.device_put(state, replicated)
-
-  step_fn = jax.jit(train_step.make_train_step(graphdef, resnet_graphdef, tx, schedule,
-                                               config.loss, config.microbatches),
-                    in_shardings=(replicated, sharded, replicated),
-                    out_shardings=(replicated, replicated), donate_argnums=0)
   log = run_log.RunLog(workdir, int(state.step))
-  validation = samples.Validation(config, workdir) if config.eval_every else None
+  validation = (samples.Validation(config, workdir, run.fuse,
+                                   prepare(config.data.val, config.data.data_dir))
+                if config.eval_every else None)
 
   start_step = int(state.step)
   bar = None
@@ -220,7 +151,7 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
     batch = jax.make_array_from_process_local_data(sharded, {k: batch[k] for k in ("ir", "vi")})
     if compiled is None:  # compiled ahead, so that no process enters its collectives early
       begun = time.perf_counter()
-      compiled = step_fn.lower(state, batch, resnet_state).compile()
+      compiled = run.train_step.lower(state, batch, resnet_state).compile()
       cluster.barrier("compiled the train step")
       # Printed as it happens (a run cut short by a time limit still shows it).
       note = (f"train step ready in {time.perf_counter() - begun:.1f} s (traced, and compiled "
