@@ -1,15 +1,14 @@
 """Multi-host training on one machine: 2 processes over localhost (gloo) against 1 process.
 
 The smoke config's first 12 steps run as one process (one CPU device) and as an explicit
-2-process cluster (one CPU device each, each feeding half of the global batch). Each cluster
-run here gets its own persistent compilation cache, empty or warmed by an earlier run of
-this module, per process: JAX writes its cache from process 0 alone, and on the CPU process 1
-finds none of its programs there. A cache warm on process 0 alone puts the processes tens of
-seconds apart, and a run must hold together all the same (s4fusion_jax.runtime.cluster).
+2-process cluster (one CPU device each, each feeding half of the global batch). The module's
+runs share one persistent compilation cache, empty for the first: JAX writes it from process 0
+alone, and on the CPU process 1 finds none of its programs there, so a later run's processes
+drift tens of seconds apart, and the run must hold together all the same
+(s4fusion_jax.runtime.cluster).
 """
 
 import json
-import re
 import socket
 import subprocess
 import sys
@@ -55,11 +54,6 @@ def losses(workdir):
   return [(r["step"], r["loss"]) for r in map(json.loads, open(workdir / "metrics.jsonl"))]
 
 
-def cache_reads(out):
-  """The number of programs a process read from the persistent cache, from its summary."""
-  return int(re.search(r"compiled and (\d+) read from the persistent cache", out).group(1))
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
   """A compilation cache shared by this module's runs: empty for the first, warm after."""
@@ -70,8 +64,7 @@ def cache(tmp_path_factory):
 def two_process_run(tmp_path_factory, cache):
   """The uninterrupted 2-process run, both processes starting with an empty cache."""
   workdir = tmp_path_factory.mktemp("two") / "run"
-  outputs = finish(start_cluster(workdir, (cache, cache)))
-  assert [cache_reads(out) for out in outputs] == [0, 0]
+  finish(start_cluster(workdir, (cache, cache)))
   return workdir
 
 
@@ -88,28 +81,6 @@ def test_two_processes_train_as_one(two_process_run, smoke_run):
   two, single = final_params(two_process_run, STEPS), final_params(smoke_run, STEPS)
   largest = max(float(np.abs(p).max()) for p in single)
   assert max(float(np.abs(a - b).max()) for a, b in zip(two, single)) <= 1e-5 * largest
-
-
-def test_a_warm_cache_and_a_process_finishing_late(tmp_path, two_process_run, cache):
-  """Both processes are given the first run's cache, and process 1 lingers after its last
-  step for longer than the shutdown timeout: both exit with 0 and the same run.
-
-  Process 0 reads its programs from JAX's cache; process 1 finds none of its own there (on
-  CPU with JAX 0.10.2 every key holds the topology as the process sees it, and process 0
-  alone writes)."""
-  workdir = tmp_path / "warm"
-  outputs = finish(start_cluster(workdir, (cache, cache), flags=["--shutdown_timeout_s=2"],
-                                 envs=({}, {train.TEST_HOOK: "linger_after_training_s=6"})))
-  assert cache_reads(outputs[0]) > 1 and cache_reads(outputs[1]) == 0
-  assert_same_run(workdir, two_process_run)
-
-
-def test_a_cache_warm_on_process_0_alone(tmp_path, two_process_run, cache):
-  """Process 0 reads every program from the cache, process 1 starts with an empty one."""
-  workdir = tmp_path / "mixed"
-  outputs = finish(start_cluster(workdir, (cache, tmp_path / "empty-cache")))
-  assert cache_reads(outputs[1]) == 0 < cache_reads(outputs[0])
-  assert_same_run(workdir, two_process_run)
 
 
 BARRIER_SCRIPT = """
@@ -141,8 +112,12 @@ def test_a_barrier_that_times_out_names_the_missing_process():
   assert "process(es) [1] did not reach 'the end of the run' within 2 s" in out, err[-2000:]
 
 
-def test_two_processes_killed_and_resumed_equal_an_uninterrupted_pair(tmp_path,
-                                                                      two_process_run, cache):
+def test_killed_then_resumed_with_a_late_process_equals_an_uninterrupted_pair(
+    tmp_path, two_process_run, cache):
+  """Both processes are killed after step 6 and started again on the warm cache: process 0
+  reads its programs from it while process 1 (on the CPU, it finds none of its own there)
+  compiles, so they run apart; process 1 also lingers after its last step for longer than
+  the shutdown timeout. Both exit with 0 and the run equals the uninterrupted one."""
   killed = tmp_path / "killed"
   procs = start_cluster(killed, (cache, cache))
   deadline = time.time() + 600
@@ -154,9 +129,9 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_pair(tmp_path,
     p.communicate()
   assert (killed / "checkpoints" / "6").exists(), "the runs never reached step 6"
   assert not (killed / "checkpoints" / str(STEPS)).exists(), "they finished before the kill"
-  outputs = finish(start_cluster(killed, (cache, cache)))
+  outputs = finish(start_cluster(killed, (cache, cache), flags=["--shutdown_timeout_s=2"],
+                                 envs=({}, {train.TEST_HOOK: "linger_after_training_s=6"})))
   assert all("resumed from step" in out for out in outputs)
-  assert cache_reads(outputs[1]) == 1  # its train step, kept by an earlier run
   assert_same_run(killed, two_process_run)
 
 
