@@ -6,17 +6,11 @@
     saliency = jax.grad(lambda ir: net.apply(variables, ir, vi)[0, 30, 40, 0])(ir)
 
 ``variables`` is ``{"params": ..., "state": ...}``, nested dicts of arrays (NNX pure dicts):
-the ``nnx.Param`` values, and every other variable (the "cnn" ablation's BatchNorm running
-statistics; ``{}`` for S4Fusion itself). A ``Network`` holds only the static structure (the
-NNX graph definition; ``net.module(variables).config`` is the ``ModelConfig``), so its methods
-compose with ``jax.jit``, ``jax.vmap`` and ``jax.grad`` and no NNX object reaches the caller. Each call rebuilds the
-modules around the given arrays (``nnx.merge``) and runs their forward pass: the numbers are
-the model's, not a second implementation's.
-
-Train / eval mode is an argument: ``apply(..., train=True)`` runs BatchNorm on the batch's
-statistics and returns the updated ``state`` beside the output. A model left at the scan
-backend "auto" runs its fastest forward scan when only values are needed and the chunked
-custom-VJP scan under ``jax.grad`` (``scan.selective_scan``).
+the ``nnx.Param`` values and every other variable (BatchNorm statistics of the "cnn"
+ablation; ``{}`` for S4Fusion). A ``Network`` holds only the NNX graph definition
+(``net.module(variables).config`` is the ``ModelConfig``); each call rebuilds the modules
+around the given arrays (``nnx.merge``), so the numbers are the model's. Train / eval mode is
+an argument: ``apply(..., train=True)`` also returns the updated ``state``.
 """
 
 import dataclasses

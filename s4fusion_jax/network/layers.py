@@ -25,10 +25,7 @@ class ParamKeys:
 
   ``params()`` returns fold_in(key, 0), fold_in(key, 1), ... as ``nnx.Rngs(key).params()``
   does, so a constructor given ``ParamKeys(key)`` draws the same parameters; the count is a
-  Python int. ``nnx.Rngs`` keeps its count in a Variable, and under a trace (``nnx.eval_shape``,
-  ``nnx.jit``) each in-place update of it asks the traced count for its sharding, which JAX
-  answers by building an error message that walks the whole trace so far: quadratic in the
-  number of draws (1 s of the default model's 260, 0.2 s in all with this).
+  Python int, as ``nnx.Rngs``'s Variable count is slow to update under a trace.
   """
 
   def __init__(self, key):
@@ -40,10 +37,8 @@ class ParamKeys:
     return key
 
 
-# A constructor's program runs once per model, in a fraction of a second, but it is one random
-# draw per parameter array, each a threefry loop: XLA:CPU's LLVM optimisation of those loops was
-# about two thirds of its compile (the default S4Fusion 54 -> 19 s, a ResNet50 20 -> 10 s; the
-# program then runs 0.2 s instead of 0.03 s), so on the CPU it is compiled without.
+# A constructor's program runs once but is a threefry loop per parameter array, whose LLVM
+# optimisation dominates its compile on the CPU; so there it is compiled without.
 CPU_CONSTRUCTOR_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
@@ -51,12 +46,9 @@ def compiled_constructor(build, **kwargs):
   """``key -> build(rngs=ParamKeys(key), **kwargs)``, the module built in one compiled program.
 
   The same random keys as ``nnx.Rngs(key)``, so the same parameters as eager construction up
-  to XLA fusing the initialisers' arithmetic differently (within a few float32 ulps). Built
-  eagerly, each initialiser compiles its own small programs (about 15 s for the default
-  S4Fusion on a 2-core CPU); this program is compiled once per call of this function and kept
-  by the persistent compilation cache (the key is an argument: every seed shares it). Under a
-  trace (a traced key: ``jax.eval_shape``, an enclosing ``jit``) it is traced into the caller's
-  program, whose compiler options apply (JAX takes them only at the top level).
+  to XLA fusing the initialisers' arithmetic differently (within a few float32 ulps). The
+  program is compiled once per call of this function (every seed shares it). Under a trace
+  (a traced key) it is traced into the caller's program, whose compiler options apply.
   """
   graphdef = nnx.graphdef(abstract(build, **kwargs))
   state = lambda key: nnx.state(build(rngs=ParamKeys(key), **kwargs))
