@@ -1,8 +1,7 @@
 """The ablation job: train the paper's Table 3 variants alike, evaluate each, tabulate.
 
-``WORKDIR/VARIANT/`` holds one variant's training run (it resumes from its checkpoints)
-and, once trained, ``eval/`` (the fused test images and their metrics) and
-``result.json``. A variant with a ``result.json`` is finished and is not run again.
+``WORKDIR/VARIANT/`` holds one variant's (resumable) training run, then ``eval/`` and
+``result.json``; a variant with a ``result.json`` is not run again.
 ``WORKDIR/ablation.md``, ``ablation.csv`` and ``ablation.png`` (a bar chart) hold every
 finished variant. Every variant shares the data order, seed, steps and loss; only
 ``no_per`` differs, by training without L_per.

@@ -8,12 +8,10 @@ and the means) and ``samples.png`` (IR | VI | fused for a few pairs; none for
 Metrics are computed on the saved files re-read as grey the way the CDDFuse/EMMA
 Evaluator reads them (``metrics.evaluator_gray``); every file is written atomically.
 
-Resuming: ``progress.jsonl`` starts with the run's identity (the fuser's ``signature``: its
-model's parameters and settings, or the baseline; the data and split) and gains one line per
-pair once its fused image is saved and measured. A run given the same OUT and the same
-identity (e.g. rerun after being killed) keeps the pairs recorded there whose image is on disk
-and fuses only the rest; any other identity starts afresh. A line cut short by a kill is
-ignored.
+Resuming: ``progress.jsonl`` starts with the run's identity (the fuser's ``signature``, the
+data and split) and gains a line per pair once its image is saved and measured. A rerun with
+the same OUT and identity fuses only the pairs not recorded with their image on disk; any
+other identity starts afresh. A line cut short by a kill is ignored.
 """
 
 import json

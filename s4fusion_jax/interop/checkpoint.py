@@ -2,10 +2,8 @@
 
 A module checkpoint holds two orbax items: ``params`` (the module's state as a pure
 pytree: parameters, and BatchNorm statistics for the ResNet50) and ``metadata``
-(JSON: for S4Fusion the ``ModelConfig``), so it loads without knowing its sizes.
-Training checkpoints use the same two item names, so a training step directory
-loads here too. Orbax writes to a temporary directory and renames it when complete:
-an interrupted save leaves no half-written checkpoint.
+(JSON: for S4Fusion the ``ModelConfig``), so it loads without knowing its sizes; a training
+step directory has the same items. An interrupted save leaves no half-written checkpoint.
 """
 
 import dataclasses

@@ -2,8 +2,7 @@
 
 Each has the fusion layer's call signature: two (batch, H, W, C) maps I, V and an optional
 size-bucket mask (batch, H, W) in, one (batch, H, W, C) map R out (only ``MASKED`` take a
-mask). Their definitions follow the reference's compiled
-``modules/ablation.py``:
+mask), as the reference's compiled ``modules/ablation.py`` defines them:
 
 ``add``              R = I + V, no parameters.
 ``cnn``              R = Conv1x1(Block^n(Conv1x1([I; V]))): the concatenation goes to
@@ -32,9 +31,7 @@ from s4fusion_jax.network import ss2d
 from s4fusion_jax.numerics import directions
 
 NAMES = ("add", "cnn", "cross_attention", "fssm")
-# The variants that take a size bucket's ``mask`` (and so fuse every size in a bucket with one
-# program). The CNN's 3x3 convolutions and BatchNorm statistics and cross-attention's sums
-# over all positions would need masking of their own: those fuse at exact sizes.
+# The variants that take a size bucket's ``mask``; the others fuse at exact sizes.
 MASKED = ("add", "fssm")
 
 

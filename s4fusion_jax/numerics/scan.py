@@ -331,11 +331,9 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
                    platform=None, mask=None):
   """Runs the selective scan; see the module docstring for the shapes.
 
-  With ``mask``, the masked-out steps leave the state as it is and read no input: their
-  delta is -inf before the softplus, so dt = 0 after it exactly (decay exp(0 A) = 1, and
-  softplus' = 0 in the backward pass), and u, B and C are zeroed there (with ``where``,
-  so a NaN or inf there cannot leak). Every other step gives what the scan over the
-  unmasked steps alone gives; the masked steps' outputs are 0.
+  With ``mask``, the masked-out steps leave the state as it is (delta -inf, so dt = 0 and
+  softplus' = 0) and read no input (u, B, C zeroed with ``where``): every other step gives
+  what the scan over the unmasked steps alone gives; the masked steps' outputs are 0.
 
   Args:
     u: (batch, L, G, D) scan input.
