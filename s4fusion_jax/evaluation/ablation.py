@@ -28,9 +28,8 @@ def short_budget(config, train_dir, workdir, *, steps, batch_size, crop_size,
                  resnet_weights=None):
   """Sets ``config`` up for a short ablation run on the pairs of ``train_dir`` (ir/, vi/).
 
-  The loss keeps its weights; without ``resnet_weights`` the source weights come from the
-  images' Sobel energy and L_per is off. Validation is off: the test folder is measured
-  once, after training.
+  Without ``resnet_weights`` the source weights come from the images' Sobel energy and L_per
+  is off. Validation is off: the test folder is measured after training.
   """
   config.data.data_dir = os.path.join(workdir, "tfds")
   config.data.train = [dict(dataset="paired_folder", manual_dir=os.path.abspath(train_dir),

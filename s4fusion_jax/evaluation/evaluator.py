@@ -2,11 +2,9 @@
 
 Outputs in OUT: ``fused/NAME.png`` (uint8, grey or recoloured RGB), ``metrics.csv`` (one
 row per image), ``metrics.json`` (``{"mean": {...}, "per_image": {name: {...}}}``),
-``progress.jsonl`` (what makes a run resumable, below), ``metrics.md`` (the number of pairs
-and the means) and ``samples.png`` (IR | VI | fused for a few pairs; none for
-``num_samples=0``).
-Metrics are computed on the saved files re-read as grey the way the CDDFuse/EMMA
-Evaluator reads them (``metrics.evaluator_gray``); every file is written atomically.
+``progress.jsonl`` (below), ``metrics.md`` (the number of pairs and the means) and
+``samples.png`` (IR | VI | fused for a few pairs). Metrics are computed on the saved files
+re-read as the CDDFuse/EMMA Evaluator reads them (``metrics.evaluator_gray``).
 
 Resuming: ``progress.jsonl`` starts with the run's identity (the fuser's ``signature``, the
 data and split) and gains a line per pair once its image is saved and measured. A rerun with

@@ -72,9 +72,7 @@ def read_model_config(path, **overrides) -> model_lib.ModelConfig:
 
 
 def load_model(path, **overrides) -> model_lib.S4Fusion:
-  """Loads a model saved by ``save_model`` (or a training checkpoint step directory).
-
-  The model is in inference mode (``model.eval()``).
+  """Loads a model saved by ``save_model`` (or a training step directory), in eval mode.
 
   Args:
     path: the checkpoint directory.

@@ -5,10 +5,8 @@ size-bucket mask (batch, H, W) in, one (batch, H, W, C) map R out (only ``MASKED
 mask), as the reference's compiled ``modules/ablation.py`` defines them:
 
 ``add``              R = I + V, no parameters.
-``cnn``              R = Conv1x1(Block^n(Conv1x1([I; V]))): the concatenation goes to
-                     c = int(2C // 1.4) channels, through n ResNet basic blocks
-                     (3x3 conv, BatchNorm, ReLU, 3x3 conv, BatchNorm, + input, ReLU) and back
-                     to C channels.
+``cnn``              R = Conv1x1(Block^n(Conv1x1([I; V]))), c = int(2C // 1.4) channels
+                     inside, Block a ResNet basic block (conv, BN, ReLU, conv, BN, + x, ReLU).
 ``cross_attention``  n layers of linear cross-attention, not residual:
                      (K_X, V_X) = X W_X per modality, head h of X' is
                      X_h softmax_rows(K_Y,h^T V_Y,h / sqrt(d_h)) (the other modality's

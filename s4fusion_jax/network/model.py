@@ -59,9 +59,7 @@ class ModelConfig:
   patch_stride: int = 3
   scan_backend: str = "auto"
   scan_chunk: int = 128
-  # The platform the scan is compiled for ("cpu", "cuda", "tpu", ...), which "auto" and the
-  # chunked scan's inner form follow; None: JAX's default backend. Set it to lower for
-  # another platform with jax.export.
+  # The platform the scan is compiled for ("cpu", "cuda", ...; None: JAX's default backend).
   scan_platform: Optional[str] = None
   remat: bool = True  # recompute each VSS / CMSA block in the backward pass (less memory)
   dtype: str = "float32"

@@ -142,9 +142,8 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
   if progress and jax.process_index() == 0:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=config.num_steps, initial=start_step, desc="train", dynamic_ncols=True)
-  # Metrics stay on the device until a step that logs, validates or saves: then the steps
-  # since the last fetch are fetched together and checked, so no saved state holds a NaN and
-  # the host does not wait for the device on the other steps.
+  # Metrics stay on the device until a step that logs, validates or saves fetches and checks
+  # them together, so no saved state holds a NaN.
   pending, tick, compiled = [], time.perf_counter(), None
   for step in range(start_step, config.num_steps):
     batch = next(data_iterator)
