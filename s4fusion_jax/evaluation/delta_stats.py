@@ -12,8 +12,8 @@ the step the scan takes. The reference's Python code holds only the projection (
 kernel adds the bias and applies the softplus), and the paper's values are negative, so they
 are ``delta_proj`` (``PAPER_FORM``).
 
-"Layer l" is the reference's ``fusion_layers[l - 1]``, the fusion of scale l - 1 (Layer1 the
-finest); its value is the mean over its CMSA blocks (each block is also reported).
+"Layer l" is the reference's ``fusion_layers[l - 1]`` (Layer1 the finest scale): the mean
+over its CMSA blocks, each also reported.
 
 Means: per image over the valid positions (the reference-padded rectangle), the four
 directions and the channels; then over the images.

@@ -134,10 +134,9 @@ def compare(results, names=metrics.PAPER_COLUMNS, bold=True, key=lambda metric, 
   Args:
     results: {method: {metric: mean}}; a metric a row lacks is shown as "-".
     bold: whether to mark each column's best value.
-    key: what is compared for the bold, ``key(metric, value)`` (e.g. a rounding: rows that
-      tie at it are all bold).
-    formats: {method: ``format(metric, value) -> str``} for rows not shown with four decimals
-      (published rows at their published precision, ``published.as_published``).
+    key: what is compared for the bold, ``key(metric, value)`` (e.g. a rounding; ties are
+      all bold).
+    formats: {method: ``format(metric, value) -> str``} for rows not shown with four decimals.
   """
   formats = formats or {}
   best = {k: max((key(k, r[k]) for r in results.values() if k in r), default=None)
@@ -221,9 +220,8 @@ def report(ours, baselines, data, num_pairs, on_tno):
 def demo(out, data=None, checkpoint_dir=None, progress=True, exact_sizes=False):
   """Fuses TNO with the model and every baseline of ``METHODS``; writes OUT/comparison.md.
 
-  ``data`` defaults to ../shared/data/tno beside the checkout, else the pairs bundled in
-  demo_data/tno. On all 25 TNO pairs the published results are shown beside ours (``report``).
-  Returns the report.
+  ``data`` defaults to ../shared/data/tno beside the checkout, else demo_data/tno. Returns
+  the report (``report``).
   """
   from s4fusion_jax.evaluation import inference  # pylint: disable=import-outside-toplevel
   repo = os.path.dirname(inference.PACKAGE)

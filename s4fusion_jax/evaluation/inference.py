@@ -38,8 +38,7 @@ class Fuser:
   def __init__(self, model=None, method=None, exact_sizes=False):
     """``exact_sizes``: one program per padded size instead of one per size bucket.
 
-    The model's parameters are taken once, here: changes to ``model`` afterwards do not reach
-    this Fuser.
+    The model's parameters are taken here; later changes to ``model`` do not reach it.
     """
     if (model is None) == (method is None):
       raise ValueError("give exactly one of a model and a method")

@@ -105,9 +105,8 @@ def save_resnet(path, net: resnet_lib.ResNet50, *, force=False):
 def load_resnet(path, dtype="float32") -> resnet_lib.ResNet50:
   """A ResNet50 from a checkpoint directory (``save_resnet``) or a weights file.
 
-  Files are torchvision state dicts: ``.pth`` (needs torch), ``.npz`` or ``.safetensors``.
-  Raises FileNotFoundError / ValueError with how to get the weights when ``path`` is
-  empty, missing or unreadable.
+  Files are torchvision state dicts (``.pth``, ``.npz``, ``.safetensors``); an empty, missing
+  or unreadable ``path`` raises an error saying how to get the weights.
   """
   if not path:
     raise FileNotFoundError(f"no ResNet50 weights given: {RESNET_HELP}")

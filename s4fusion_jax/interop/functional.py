@@ -39,10 +39,8 @@ def variables_of(module: nnx.Module) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Network:
   """The static half of an S4Fusion model (its NNX graph definition, and optionally the
-  frozen ResNet50's for the loss); its methods are pure functions of ``variables``.
-
-  Images are channels-last (batch, H, W, 1) in [0, 1].
-  """
+  frozen ResNet50's for the loss); its methods are pure functions of ``variables`` and
+  channels-last (batch, H, W, 1) images in [0, 1]."""
   graphdef: nnx.GraphDef
   resnet_graphdef: Optional[nnx.GraphDef] = None
 

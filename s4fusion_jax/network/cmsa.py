@@ -92,10 +92,8 @@ class CMSABlock(PairedScanMixer):
 
 
 class FusionLayer(nnx.Module):
-  """``num_blocks`` CMSA blocks with residuals; returns R = I + V (batch, H, W, C).
-
-  With ``remat`` each block is recomputed in the backward pass.
-  """
+  """``num_blocks`` CMSA blocks with residuals (``remat``: recomputed in the backward pass);
+  returns R = I + V (batch, H, W, C)."""
 
   def __init__(self, d_model, d_state, num_blocks, *, rngs, expand=1.5, backend="sequential",
                chunk=None, platform=None, remat=False, patch_mark=True, dtype=None,

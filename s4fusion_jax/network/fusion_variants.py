@@ -11,10 +11,9 @@ mask), as the reference's compiled ``modules/ablation.py`` defines them:
                      (K_X, V_X) = X W_X per modality, head h of X' is
                      X_h softmax_rows(K_Y,h^T V_Y,h / sqrt(d_h)) (the other modality's
                      context); R = I_n + V_n.
-``fssm``             FusionMamba's FSSM: n blocks with residuals, R = I_n + V_n. A block is the
-                     CMSA block's frame (shared in_proj, depthwise conv, gate, out_norm,
-                     out_proj) around two scans of length L per direction: I's sequence
-                     driven by V's (dt, B, C) and V's SSM parameters, and the reverse.
+``fssm``             FusionMamba's FSSM: n blocks with residuals, R = I_n + V_n; a block is
+                     the CMSA block's frame around two scans: I's sequence driven by V's
+                     (dt, B, C) and SSM parameters, and the reverse.
 
 The reference's FSSM block also allocates a ``mark_proj`` it never uses; it is left out.
 """

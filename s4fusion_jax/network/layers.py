@@ -3,9 +3,8 @@
 The reference (``VSSM._init_weights``) gives every ``nn.Linear`` a normal(0, 0.02)
 weight (timm's ``trunc_normal_`` with bounds at +-2, i.e. +-100 sigma) and a zero
 bias; ``nn.Conv2d`` keeps PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
-weight and bias; every LayerNorm has eps 1e-5 and starts at (1, 0). LayerNorms here
-compute the variance in two passes, as PyTorch does, rather than flax's default
-E[x^2] - E[x]^2, so float32 results stay within 1e-4 of the reference.
+weight and bias; every LayerNorm has eps 1e-5, starts at (1, 0) and computes the variance
+in two passes, as PyTorch does.
 """
 
 import math
@@ -83,8 +82,7 @@ def conv(in_features, out_features, kernel_size, *, rngs, stride=1, padding="VAL
          groups=1, use_bias=True, dtype=None, param_dtype=jnp.float32):
   """``nn.Conv2d`` with PyTorch's default initialisation; kernel (kh, kw, in/groups, out).
 
-  A depthwise convolution (one filter per channel, stride 1, explicit padding) runs through
-  ``depthwise_conv``, whose kernel gradient XLA:CPU computes without a dense C x C convolution.
+  A depthwise convolution (stride 1, explicit padding) runs through ``depthwise_conv``.
   """
   fan_in = (in_features // groups) * kernel_size * kernel_size
   depthwise = (groups == in_features == out_features and stride == 1

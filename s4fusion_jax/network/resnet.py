@@ -30,9 +30,8 @@ EXPANSION = 4
 def imagenet_input(gray):
   """A one-channel image (batch, H, W, 1) in [0, 1] -> the network input (batch, H, W, 3).
 
-  The channel is repeated to RGB and normalised with the ImageNet mean and std, the
-  usual way to feed a gray image to an ImageNet classifier (the reference's choice
-  is not released).
+  The channel is repeated to RGB and normalised with the ImageNet mean and std (the
+  reference's choice is not released).
   """
   rgb = jnp.repeat(gray, 3, axis=-1)
   mean = jnp.asarray(IMAGENET_MEAN, gray.dtype)

@@ -64,9 +64,7 @@ def _dt_bias_init(key, shape, dtype):
 class DirectionalSSM(nnx.Module):
   """The context-independent SSM parameters of G scan directions, and the scan.
 
-  Parameters (per direction g, channel d, state n):
-    dt_proj (G, dt_rank, D), dt_bias (G, D), A_log (G, D, N) with A = -exp(A_log),
-    D (G, D).
+  dt_proj (G, dt_rank, D), dt_bias (G, D), A_log (G, D, N) with A = -exp(A_log), D (G, D).
   """
 
   def __init__(self, channels, d_state, dt_rank, *, rngs, backend="sequential", chunk=None,

@@ -183,9 +183,8 @@ def _softplus_slope(dt):
 def _chunked(u, delta, A, B, C, D, delta_bias, inner):
   """y_t = C_t . h_t + D u_t over K chunks of T steps, time-major.
 
-  u, delta (K, T, b, G, D); A (N, G, D); B, C (K, T, N, b, G); D, delta_bias (G, D).
-  Forward: a ``lax.scan`` over the chunks carries the state; each chunk runs ``inner``.
-  Backward (``_chunked_bwd``): Mamba's reverse pass, from the K chunk-start states only.
+  u, delta (K, T, b, G, D); A (N, G, D); B, C (K, T, N, b, G); D, delta_bias (G, D). Each
+  chunk runs ``inner``; the backward (``_chunked_bwd``) starts from the chunk-start states.
   """
   return _chunked_fwd(u, delta, A, B, C, D, delta_bias, inner)[0]
 
@@ -293,8 +292,7 @@ def _unsplit(x, length):
 
 
 def _forward(u, delta, A, B, C, D, delta_bias, forward):
-  """y over a whole time-major sequence (L, ...) by the ``forward`` backend; its gradient is
-  autodiff's (``_fast_forward`` wraps it with the chunked scan's instead)."""
+  """y over a whole time-major sequence (L, ...) by the ``forward`` backend."""
   dt = jax.nn.softplus(delta + delta_bias)
   h0 = jnp.zeros((A.shape[0], *u.shape[1:]), u.dtype)
   return _OUTPUTS[forward](h0, dt, A, u, B, C)[1] + D * u
@@ -302,9 +300,7 @@ def _forward(u, delta, A, B, C, D, delta_bias, forward):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _fast_forward(u, delta, A, B, C, D, delta_bias, forward, inner, chunk):
-  """``auto`` where one backend is the fastest forward and the chunked scan the fastest under
-  ``grad``: the values of ``forward`` over the whole time-major sequence (L, ...); under
-  ``grad``, the chunked scan's forward pass (chunk-start states kept) and its backward."""
+  """``_forward`` by the ``forward`` backend; under ``grad``, the chunked scan's passes."""
   return _forward(u, delta, A, B, C, D, delta_bias, forward)
 
 
@@ -345,8 +341,7 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
     delta_bias: (G, D) added to delta before the softplus.
     backend: a ``ScanBackend`` or its string value.
     chunk: steps per chunk for the ``chunked`` backend (default ``DEFAULT_CHUNK``).
-    platform: the platform compiled for, which "auto" and the chunks' inner form follow
-      (default: JAX's default backend); e.g. "cuda" to lower for a GPU from this machine.
+    platform: the platform compiled for (default: JAX's), e.g. "cuda" to lower for a GPU.
     mask: None, or booleans broadcastable to (batch, L, G, 1): the steps to scan.
 
   Returns:

@@ -59,11 +59,9 @@ def placement(height, width, kernel=4, stride=3, levels=3, bucket=True):
   """Where an H x W image goes in the model's input.
 
   Returns:
-    ``pads``: ((top, bottom), (left, right)), the zero padding that places the image where
-    the reference pads it inside its valid rectangle, and (with ``bucket``) that
-    rectangle at the top-left of a ``bucket_length`` x ``bucket_length`` bucket;
-    ``valid``: (H_v, W_v), the rectangle's size; ``box``: (top, left, H, W), the image inside
-    the rectangle, for ``crop``.
+    ``pads``: ((top, bottom), (left, right)), placing the image as the reference pads it in
+    its valid rectangle, and (with ``bucket``) that rectangle at the top-left of its bucket;
+    ``valid``: (H_v, W_v); ``box``: (top, left, H, W), the image, for ``crop``.
   """
   rule = (kernel, stride, levels)
   valid = (valid_length(height, *rule), valid_length(width, *rule))

@@ -18,8 +18,7 @@ in float64 with NumPy. Conventions:
         (pi / 2 where gx = 0); where g_source == g_fused the gradient term is g_fused,
         as the Evaluator has it.
   SSIM  (SSIM(F, I) + SSIM(F, V)) / 2, skimage's SSIM with its defaults (7 x 7 uniform
-        window, sample covariance, mean over the window-valid region) and data_range = 2,
-        in float32 as skimage computes it for the Evaluator's float32 images.
+        window, sample covariance, valid region) and data_range = 2, in float32.
 
 CC, SCD are NaN when an image is constant; PSNR is inf when F equals both sources; Qabf is
 NaN only when both sources are constant; the others are always finite.

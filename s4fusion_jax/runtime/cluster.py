@@ -39,8 +39,7 @@ def join(coordinator_address=None, num_processes=None, process_id=None, *,
   """Joins a cluster: explicit (all three arguments) or from the environment (none).
 
   CPU collectives go over gloo. ``timeout_s`` bounds each ``barrier``;
-  ``shutdown_timeout_s`` bounds JAX's own barrier in ``leave`` (all processes are present by
-  then, so it only has to cover the shutdown itself).
+  ``shutdown_timeout_s`` bounds JAX's own barrier in ``leave``.
   """
   explicit = (coordinator_address, num_processes, process_id)
   if any(x is None for x in explicit) and any(x is not None for x in explicit):

@@ -52,10 +52,8 @@ def directory():
 
 
 def enable():
-  """Turns the persistent cache on before the first compile; returns its directory or None.
-
-  A directory that cannot be created leaves the cache off with a warning.
-  """
+  """Turns the persistent cache on before the first compile; returns its directory, or None
+  (off, or with a warning when the directory cannot be created)."""
   path = directory()
   if path is not None:
     try:
@@ -74,8 +72,7 @@ def enable():
 
 
 class CompileLog:
-  """Counts the programs this process compiled or read from the persistent cache, from JAX's
-  monitoring events, until ``close()`` (or the end of a ``with`` block)."""
+  """Counts the programs compiled or read from the persistent cache until ``close()``."""
 
   def __init__(self):
     self.programs = self.hits = 0

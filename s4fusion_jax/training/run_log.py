@@ -7,8 +7,8 @@ the learning rate, the gradient, parameter and update norms, images/s) and the v
 metrics (``val/<metric>``); TensorBoard also gets the sample grid (``val/samples``). Process
 0 alone writes, with tensorboardX, flushing at every logged step.
 
-Resuming from step s drops the records after s from metrics.jsonl and starts the new event
-file with TensorBoard's purge marker at s + 1 (a ``SessionLog.START``): no step appears twice.
+Resuming from step s drops later records from metrics.jsonl and starts the new event file
+with TensorBoard's purge marker (``SessionLog.START``) at s + 1: no step appears twice.
 """
 
 import json
@@ -54,9 +54,8 @@ class JsonLog:
 class RunLog:
   """metrics.jsonl and TensorBoard events of a run that starts (or resumes) at ``step``.
 
-  The events are written synchronously (tensorboardX's ``EventsWriter``, not its
-  ``SummaryWriter``, whose flush leaves queued events to a background thread): after
-  ``write`` returns, the step is on disk.
+  The events are written synchronously (tensorboardX's ``EventsWriter``): after ``write``
+  returns, the step is on disk.
   """
 
   def __init__(self, workdir, step):

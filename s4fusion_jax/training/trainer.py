@@ -1,8 +1,5 @@
 """The training job: data, the data-parallel step (``build``), checkpoints, logs, validation.
-
-Multi-host runs call ``jax.distributed.initialize()`` first and each host feeds its shard of
-the global batch. The step is one pure function ``(state, batch, resnet_state) -> (state,
-metrics)`` (``train_step``).
+Each host feeds its shard of the global batch to the pure step ``train_step``.
 """
 
 import dataclasses
@@ -65,11 +62,8 @@ def _save(manager, graphdef, state, data_iterator, model_config):
 
 
 def _restore(manager, graphdef, state, data_iterator, sharding):
-  """``state`` with the values of the latest checkpoint, restored straight into ``sharding``.
-
-  Every process restores into the same global sharding, whatever topology saved the
-  checkpoint, so no array has to move between hosts afterwards.
-  """
+  """``state`` with the values of the latest checkpoint, restored straight into ``sharding``
+  (whatever topology saved it)."""
   step = manager.latest_step()
   target = lambda tree: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
