@@ -4,14 +4,11 @@ Users download each dataset themselves and point ``manual_dir`` at it:
 
     python -m s4fusion_jax prepare msrs /data/MSRS --data_dir ~/tensorflow_datasets
 
-Every builder has the features ``ir`` uint8 (H, W, 1), ``vi`` uint8 (H, W, 3) (grey
-visible images become RGB; 16-bit files are mapped to 8 bits as ``image_files`` says)
-and ``name`` (the file name). Pairs are matched by file name in an infrared folder and
-a visible folder (``ir``/``Ir``/``infrared``/``cropinfrared`` and ``vi``/``Vis``/
-``visible``/``crop_LR_visible``). Before anything is written, every pair is read: a
-missing partner, an unreadable file or mismatched sizes fail the build with the list
-of offending names; with ``skip_bad_pairs`` they are skipped and listed instead.
-Prepared datasets are read back with ``source(dataset_dir, split)``.
+Every builder has the features ``ir`` uint8 (H, W, 1), ``vi`` uint8 (H, W, 3) (as
+``image_files`` reads them) and ``name``. Pairs are matched by file name in an infrared and
+a visible folder (``IR_DIRS``, ``VI_DIRS``). Every pair is read first: a missing partner,
+an unreadable file or mismatched sizes fail the build with the list of offending names
+(with ``skip_bad_pairs`` they are skipped and listed). ``source`` reads a split back.
 """
 
 import dataclasses

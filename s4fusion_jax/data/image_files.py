@@ -4,10 +4,9 @@ Reading rule (documented for users' own images):
   * 8-bit images are used as they are;
   * 16-bit images (PIL modes I;16*, I) are mapped to 8 bits by round(v / 257), so that
     0..65535 spans 0..255 (full-range scaling; no per-image contrast stretch);
-  * infrared images become one channel (RGB with grey content -> its luminance, as
-    PIL's ``convert('L')``); visible images become RGB (a grey visible image is
-    replicated to three channels).
-Writing is atomic: a temporary name in the same folder, then a rename.
+  * infrared images become one channel (PIL's ``convert('L')``); visible images become RGB
+    (a grey one replicated to three channels).
+Writing is atomic.
 """
 
 import os

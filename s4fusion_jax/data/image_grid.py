@@ -11,10 +11,9 @@ def image_rows(rows, height=192, header=None):
   """Rows of images side by side, each row scaled to one width: no padding bands.
 
   Args:
-    rows: lists of uint8 images (H, W, 1|3); a row's images are scaled to ``height`` pixels
-      high, then every row to the widest row's width (its height follows its aspect ratio).
-    header: optional column labels, drawn in a white strip above the first row at the
-      first row's column positions.
+    rows: lists of uint8 images (H, W, 1|3), scaled to ``height`` pixels high, then every
+      row to the widest row's width.
+    header: optional column labels, in a white strip above the first row's columns.
 
   Returns:
     One RGB uint8 image.

@@ -4,13 +4,11 @@
       -> random crop + identical flips -> visible to Y, [0, 1]
       -> host batches (drop remainder) -> this host's shard -> multiprocess prefetch
 
-Each element's randomness comes from the pipeline seed and the element's index in the
-whole (unsharded) stream (``random_map``), so the batches do not depend on the number of
-workers, and the iterator's state (``get_state`` / ``set_state``, saved with each training
-checkpoint) resumes exactly. Host batches are cut from the stream before sharding: with P
-hosts, host p takes host batches p, P + p, 2P + p, ..., so global batch k (the hosts' k-th
-batches, in host order) is stream elements k G .. (k + 1) G - 1 whatever P is. An image smaller than the crop is replaced by the next one in its
-dataset, as the reference's dataset does.
+Each element's randomness comes from the pipeline seed and its index in the whole stream
+(``random_map``), and the iterator's state (saved with each training checkpoint) resumes
+exactly. With P hosts, host p takes host batches p, P + p, 2P + p, ..., so global batch k is
+stream elements k G .. (k + 1) G - 1 whatever P is. An image smaller than the crop is
+replaced by the next one in its dataset, as the reference's dataset does.
 
 Batches: ``{"ir": (B, crop, crop, 1), "vi": (B, crop, crop, 1)}`` float32 in [0, 1], where
 ``vi`` is the visible image's Y = 0.299 R + 0.587 G + 0.114 B.
@@ -67,9 +65,7 @@ def train_dataset(sources, *, crop, batch_size, seed, weights=None, shard_index=
     shard_index, shard_count: this host's shard (``jax.process_index()``, ``process_count()``).
     num_workers: grain worker processes (0: in this process); the output is the same.
     num_threads, prefetch: each process prepares batches ahead in ``num_threads`` threads, at
-      most ``prefetch`` of them (at least one per thread). grain's default (16 threads, 500
-      batches) kept both cores of this CPU busy for minutes at the start of every run and
-      held up to 500 batches: 4.2 GB at the paper's 20 x 229^2.
+      most ``prefetch`` of them (at least one per thread), far fewer than grain's defaults.
   """
   parts = [grain.MapDataset.source(CroppableSource(s, crop)) for s in sources]
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)

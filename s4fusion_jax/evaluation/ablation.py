@@ -1,8 +1,7 @@
 """The ablation job: train the paper's Table 3 variants alike, evaluate each, tabulate.
 
-``WORKDIR/VARIANT/`` holds one variant's training run (it resumes from its checkpoints)
-and, once trained, ``eval/`` (the fused test images and their metrics) and
-``result.json``. A variant with a ``result.json`` is finished and is not run again.
+``WORKDIR/VARIANT/`` holds one variant's (resumable) training run, then ``eval/`` and
+``result.json``; a variant with a ``result.json`` is not run again.
 ``WORKDIR/ablation.md``, ``ablation.csv`` and ``ablation.png`` (a bar chart) hold every
 finished variant. Every variant shares the data order, seed, steps and loss; only
 ``no_per`` differs, by training without L_per.
@@ -29,9 +28,8 @@ def short_budget(config, train_dir, workdir, *, steps, batch_size, crop_size,
                  resnet_weights=None):
   """Sets ``config`` up for a short ablation run on the pairs of ``train_dir`` (ir/, vi/).
 
-  The loss keeps its weights; without ``resnet_weights`` the source weights come from the
-  images' Sobel energy and L_per is off. Validation is off: the test folder is measured
-  once, after training.
+  Without ``resnet_weights`` the source weights come from the images' Sobel energy and L_per
+  is off. Validation is off: the test folder is measured after training.
   """
   config.data.data_dir = os.path.join(workdir, "tfds")
   config.data.train = [dict(dataset="paired_folder", manual_dir=os.path.abspath(train_dir),

@@ -4,8 +4,7 @@ and the paper's Table 5 (``delta_stats``).
     python -m s4fusion_jax plot WORKDIR      # -> WORKDIR/curves.png
     python -m s4fusion_jax plot LOG.jsonl    # a kept log -> LOG.png
 
-Each chart is built by a function returning a matplotlib ``Figure`` (no pyplot, no global
-state; its axes can be inspected) and written atomically by ``save``.
+Each chart is a matplotlib ``Figure`` (no pyplot), written atomically by ``save``.
 """
 
 import json

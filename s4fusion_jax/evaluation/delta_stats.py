@@ -2,26 +2,21 @@
 
     python -m s4fusion_jax delta-stats --data DIR [--checkpoint CKPT] [--out OUT]
 
-In a CMSA block the selective scan steps through the interleaved sequence
-[I_1, V_1, I_2, V_2, ...] with a step Delta_t of its own at every position (per direction
-and channel): a large Delta lets the current patch overwrite the state, a small one keeps
-what came before. The paper compares the mean Delta of the infrared positions (Delta_I)
-with that of the visible ones (Delta_V) in each CMSA layer.
+In a CMSA block the scan steps through [I_1, V_1, I_2, V_2, ...] with a step Delta_t at every
+position; the paper compares the mean Delta of the infrared positions (Delta_I) with that of
+the visible ones (Delta_V) in each CMSA layer.
 
 Delta has three forms here (``functional.cross_scan_terms``): ``delta_proj`` = dt_low
 dt_proj (the projection), ``delta_biased`` = that + dt_bias, ``delta`` = softplus of that,
-the step the scan takes. The reference's Python code only ever holds the projection: its
-``dts`` go to mamba's ``selective_scan_fn`` with ``delta_bias`` and ``delta_softplus=True``,
-and the bias and the softplus are applied inside the CUDA kernel. A value read from that
-code is therefore ``delta_proj`` (the only form that can be negative without a bias, and the
-softplus is always positive): the paper's negative values must be that form (``PAPER_FORM``).
+the step the scan takes. The reference's Python code holds only the projection (the CUDA
+kernel adds the bias and applies the softplus), and the paper's values are negative, so they
+are ``delta_proj`` (``PAPER_FORM``).
 
-"Layer l" is the reference's ``fusion_layers[l - 1]``, the fusion of scale l - 1 (Layer1 the
-finest); its value is the mean over its CMSA blocks (each block is also reported).
+"Layer l" is the reference's ``fusion_layers[l - 1]`` (Layer1 the finest scale): the mean
+over its CMSA blocks, each also reported.
 
-Means: per image, over the valid positions only (a bucketed image's padding to its bucket
-never counts; the reference-padded rectangle is the image the model sees), the four
-directions and the channels; then the mean over the images (each image weighs the same).
+Means: per image over the valid positions (the reference-padded rectangle), the four
+directions and the channels; then over the images.
 """
 
 import functools

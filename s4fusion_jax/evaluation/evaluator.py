@@ -2,18 +2,14 @@
 
 Outputs in OUT: ``fused/NAME.png`` (uint8, grey or recoloured RGB), ``metrics.csv`` (one
 row per image), ``metrics.json`` (``{"mean": {...}, "per_image": {name: {...}}}``),
-``progress.jsonl`` (what makes a run resumable, below), ``metrics.md`` (the number of pairs
-and the means) and ``samples.png`` (IR | VI | fused for a few pairs; none for
-``num_samples=0``).
-Metrics are computed on the saved files re-read as grey the way the CDDFuse/EMMA
-Evaluator reads them (``metrics.evaluator_gray``); every file is written atomically.
+``progress.jsonl`` (below), ``metrics.md`` (the number of pairs and the means) and
+``samples.png`` (IR | VI | fused for a few pairs). Metrics are computed on the saved files
+re-read as the CDDFuse/EMMA Evaluator reads them (``metrics.evaluator_gray``).
 
-Resuming: ``progress.jsonl`` starts with the run's identity (the fuser's ``signature``: its
-model's parameters and settings, or the baseline; the data and split) and gains one line per
-pair once its fused image is saved and measured. A run given the same OUT and the same
-identity (e.g. rerun after being killed) keeps the pairs recorded there whose image is on disk
-and fuses only the rest; any other identity starts afresh. A line cut short by a kill is
-ignored.
+Resuming: ``progress.jsonl`` starts with the run's identity (the fuser's ``signature``, the
+data and split) and gains a line per pair once its image is saved and measured. A rerun with
+the same OUT and identity fuses only the pairs not recorded with their image on disk; any
+other identity starts afresh. A line cut short by a kill is ignored.
 """
 
 import json
@@ -138,10 +134,9 @@ def compare(results, names=metrics.PAPER_COLUMNS, bold=True, key=lambda metric, 
   Args:
     results: {method: {metric: mean}}; a metric a row lacks is shown as "-".
     bold: whether to mark each column's best value.
-    key: what is compared for the bold, ``key(metric, value)`` (e.g. a rounding: rows that
-      tie at it are all bold).
-    formats: {method: ``format(metric, value) -> str``} for rows not shown with four decimals
-      (published rows at their published precision, ``published.as_published``).
+    key: what is compared for the bold, ``key(metric, value)`` (e.g. a rounding; ties are
+      all bold).
+    formats: {method: ``format(metric, value) -> str``} for rows not shown with four decimals.
   """
   formats = formats or {}
   best = {k: max((key(k, r[k]) for r in results.values() if k in r), default=None)
@@ -225,9 +220,8 @@ def report(ours, baselines, data, num_pairs, on_tno):
 def demo(out, data=None, checkpoint_dir=None, progress=True, exact_sizes=False):
   """Fuses TNO with the model and every baseline of ``METHODS``; writes OUT/comparison.md.
 
-  ``data`` defaults to ../shared/data/tno beside the checkout, else the pairs bundled in
-  demo_data/tno. On all 25 TNO pairs the published results are shown beside ours (``report``).
-  Returns the report.
+  ``data`` defaults to ../shared/data/tno beside the checkout, else demo_data/tno. Returns
+  the report (``report``).
   """
   from s4fusion_jax.evaluation import inference  # pylint: disable=import-outside-toplevel
   repo = os.path.dirname(inference.PACKAGE)

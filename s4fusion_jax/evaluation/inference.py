@@ -5,15 +5,10 @@ image with the visible image's Y; a colour visible image is recoloured with its 
 and Cb (the reference's YCrCb formulas), a grey one (equal channels) gives a grey result.
 Output pixels are rounded as torchvision's ``save_image`` does (clamp, x255, round).
 
-Compilation: the model runs on images zero-padded to the size rule (as the reference
-pads) and placed in their size bucket (``sizes``), with the padded size passed at run time:
-one compiled program serves every size of a bucket, with the numbers of the padded size
-(the model masks the rest of the bucket). ``exact_sizes=True``, and the ablations that take
-no masks, run each padded size as its own program instead. Within a process each program
-compiles once (jit's cache).
-
-A Fuser runs on the first local device, where XLA spreads the large operations over the
-host's cores.
+The model runs on images zero-padded to the size rule (as the reference pads) and placed in
+their size bucket (``sizes``), the padded size passed at run time, so one compiled program
+serves a bucket. ``exact_sizes=True``, and the ablations that take no masks, compile each
+padded size. A Fuser runs on the first local device.
 """
 
 import dataclasses
@@ -43,8 +38,7 @@ class Fuser:
   def __init__(self, model=None, method=None, exact_sizes=False):
     """``exact_sizes``: one program per padded size instead of one per size bucket.
 
-    The model's parameters are taken once, here: changes to ``model`` afterwards do not reach
-    this Fuser.
+    The model's parameters are taken here; later changes to ``model`` do not reach it.
     """
     if (model is None) == (method is None):
       raise ValueError("give exactly one of a model and a method")

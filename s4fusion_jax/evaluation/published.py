@@ -1,10 +1,8 @@
 """What published fusion networks report on the 25 TNO pairs, and how ours is compared with it.
 
-The numbers are CDDFuse's Table 1, TNO section (Zhao et al., CVPR 2023), measured with the
-Evaluator that ``s4fusion_jax.objectives.metrics`` reproduces, on the 25 pairs of
-``TNO_PAIRS``. They are means over all 25, so they are comparable with ours only on those 25
-(``is_tno_set``).
-The paper's SSIM column is SSIM(F, IR) + SSIM(F, VI): twice our ``SSIM``.
+The numbers are CDDFuse's Table 1, TNO section (Zhao et al., CVPR 2023), by the Evaluator
+that ``metrics`` reproduces, means over the 25 pairs of ``TNO_PAIRS`` (so comparable with
+ours only on those: ``is_tno_set``). Its SSIM is SSIM(F, IR) + SSIM(F, VI), twice ours.
 
 Published values have two decimals. A metric counts as beaten when ours, rounded to two
 decimals (SSIM as the sum), is strictly greater: a tie is not a win.

@@ -1,8 +1,7 @@
 """Result tables as text: GitHub markdown and CSV from one header and its rows.
 
-Every job that tabulates (evaluation, the comparison with published rows, the ablation
-study, Table 5) hands its values here: a CSV keeps them exact (floats to 8 significant
-digits), a markdown table shows them as the job formats them; the layout is kept in one place.
+A CSV keeps values exact (floats to 8 significant digits); a markdown table shows them as
+the job formats them.
 """
 
 import csv
@@ -25,13 +24,8 @@ def _checked(head, rows):
 def markdown(head, rows):
   """A GitHub markdown table: the first column left-aligned (labels), the rest right-aligned.
 
-  Args:
-    head: [str] column names.
-    rows: [[cell]] as many cells as ``head`` each, shown as ``str(cell)``; a ``|`` in a cell
-      is escaped so that it stays inside its cell.
-
-  Returns:
-    The table's lines, each ending in a newline.
+  ``head``: [str] column names; ``rows``: [[cell]] as many cells as ``head`` each, shown as
+  ``str(cell)`` (``|`` escaped). Returns the lines, each ending in a newline.
   """
   line = lambda cells: "| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |"
   lines = [line(head), "|---|" + "---:|" * (len(head) - 1)]

@@ -2,10 +2,8 @@
 
 A module checkpoint holds two orbax items: ``params`` (the module's state as a pure
 pytree: parameters, and BatchNorm statistics for the ResNet50) and ``metadata``
-(JSON: for S4Fusion the ``ModelConfig``), so it loads without knowing its sizes.
-Training checkpoints use the same two item names, so a training step directory
-loads here too. Orbax writes to a temporary directory and renames it when complete:
-an interrupted save leaves no half-written checkpoint.
+(JSON: for S4Fusion the ``ModelConfig``), so it loads without knowing its sizes; a training
+step directory has the same items. An interrupted save leaves no half-written checkpoint.
 """
 
 import dataclasses
@@ -74,9 +72,7 @@ def read_model_config(path, **overrides) -> model_lib.ModelConfig:
 
 
 def load_model(path, **overrides) -> model_lib.S4Fusion:
-  """Loads a model saved by ``save_model`` (or a training checkpoint step directory).
-
-  The model is in inference mode (``model.eval()``).
+  """Loads a model saved by ``save_model`` (or a training step directory), in eval mode.
 
   Args:
     path: the checkpoint directory.
@@ -109,9 +105,8 @@ def save_resnet(path, net: resnet_lib.ResNet50, *, force=False):
 def load_resnet(path, dtype="float32") -> resnet_lib.ResNet50:
   """A ResNet50 from a checkpoint directory (``save_resnet``) or a weights file.
 
-  Files are torchvision state dicts: ``.pth`` (needs torch), ``.npz`` or ``.safetensors``.
-  Raises FileNotFoundError / ValueError with how to get the weights when ``path`` is
-  empty, missing or unreadable.
+  Files are torchvision state dicts (``.pth``, ``.npz``, ``.safetensors``); an empty, missing
+  or unreadable ``path`` raises an error saying how to get the weights.
   """
   if not path:
     raise FileNotFoundError(f"no ResNet50 weights given: {RESNET_HELP}")

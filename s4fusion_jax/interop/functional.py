@@ -6,17 +6,11 @@
     saliency = jax.grad(lambda ir: net.apply(variables, ir, vi)[0, 30, 40, 0])(ir)
 
 ``variables`` is ``{"params": ..., "state": ...}``, nested dicts of arrays (NNX pure dicts):
-the ``nnx.Param`` values, and every other variable (the "cnn" ablation's BatchNorm running
-statistics; ``{}`` for S4Fusion itself). A ``Network`` holds only the static structure (the
-NNX graph definition; ``net.module(variables).config`` is the ``ModelConfig``), so its methods
-compose with ``jax.jit``, ``jax.vmap`` and ``jax.grad`` and no NNX object reaches the caller. Each call rebuilds the
-modules around the given arrays (``nnx.merge``) and runs their forward pass: the numbers are
-the model's, not a second implementation's.
-
-Train / eval mode is an argument: ``apply(..., train=True)`` runs BatchNorm on the batch's
-statistics and returns the updated ``state`` beside the output. A model left at the scan
-backend "auto" runs its fastest forward scan when only values are needed and the chunked
-custom-VJP scan under ``jax.grad`` (``scan.selective_scan``).
+the ``nnx.Param`` values and every other variable (BatchNorm statistics of the "cnn"
+ablation; ``{}`` for S4Fusion). A ``Network`` holds only the NNX graph definition
+(``net.module(variables).config`` is the ``ModelConfig``); each call rebuilds the modules
+around the given arrays (``nnx.merge``), so the numbers are the model's. Train / eval mode is
+an argument: ``apply(..., train=True)`` also returns the updated ``state``.
 """
 
 import dataclasses
@@ -45,10 +39,8 @@ def variables_of(module: nnx.Module) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Network:
   """The static half of an S4Fusion model (its NNX graph definition, and optionally the
-  frozen ResNet50's for the loss); its methods are pure functions of ``variables``.
-
-  Images are channels-last (batch, H, W, 1) in [0, 1].
-  """
+  frozen ResNet50's for the loss); its methods are pure functions of ``variables`` and
+  channels-last (batch, H, W, 1) images in [0, 1]."""
   graphdef: nnx.GraphDef
   resnet_graphdef: Optional[nnx.GraphDef] = None
 
@@ -88,14 +80,11 @@ class Network:
     """One forward pass (eval mode) and what it computed on the way.
 
     Returns:
-      ``(stages, scans)``: ``stages`` as ``S4Fusion.stages`` names them (every stage's
-      channels-last feature map, and ``output``); ``scans``, for every selective scan, by the
-      path of its module joined with "/" (``"fusion/0/blocks/0/ssm"`` is the first CMSA block
-      of the finest scale, ``"encoder_ir/1/blocks/0/mixer/ssm"`` an SS2D), the sequences it
-      scanned: ``delta`` (Delta = dt_low dt_proj, before the bias and the softplus;
-      (batch, L, 4, D)), ``B`` and ``C`` ((batch, L, 4, N)); in a CMSA block L is 2 H W, the
-      modalities interleaved, infrared first (``cross_scan_terms`` splits them). Outside a
-      size bucket's valid rectangle the values are meaningless (the scan skips them).
+      ``(stages, scans)``: ``stages`` as ``S4Fusion.stages`` names them; ``scans``, per
+      selective scan by its module path joined with "/" (``"fusion/0/blocks/0/ssm"``: the
+      first CMSA block of the finest scale), ``delta`` (dt_low dt_proj, before the bias and
+      softplus; (batch, L, 4, D)), ``B`` and ``C`` ((batch, L, 4, N)); in a CMSA block L is
+      2 H W, the modalities interleaved, infrared first (``cross_scan_terms`` splits them).
     """
     model = self.module(variables)
     for _, module in nnx.iter_modules(model):
@@ -120,9 +109,8 @@ class Network:
         config needs it.
 
     Returns:
-      ``(loss, (terms, variables))``: the scalar loss, the per-sample terms, and the
-      variables with BatchNorm statistics updated; ``jax.value_and_grad(..., has_aux=True)``
-      takes it as it is.
+      ``(loss, (terms, variables))``, the variables with BatchNorm statistics updated, as
+      ``jax.value_and_grad(..., has_aux=True)`` takes it.
     """
     fused, variables = self.apply(variables, batch["ir"], batch["vi"], train=True)
     resnet = None
@@ -153,9 +141,8 @@ def cross_scan_terms(variables, scans):
 
   Returns:
     ``{"fusion_<s>/block_<k>": {form: {"ir": ..., "vi": ...}}}`` for scale s (0: finest) and
-    block k, with the forms ``delta_proj`` (dt_low dt_proj, the projection), ``delta_biased``
-    (plus dt_bias) and ``delta`` (softplus of that, the step that multiplies A and B in the
-    scan), each (batch, L, 4, D) with L = H W per modality, and ``B``, ``C`` (batch, L, 4, N).
+    block k, with the forms ``delta_proj`` (dt_low dt_proj), ``delta_biased`` (plus dt_bias),
+    ``delta`` (its softplus), each (batch, H W, 4, D), and ``B``, ``C`` (batch, H W, 4, N).
   """
   terms = {}
   for path, scan_terms in scans.items():

@@ -5,11 +5,8 @@
     state_dict = to_torch_state_dict(model)      # names -> numpy arrays, the reference's layouts
 
 ``state_dict`` maps the reference's names (``vmunet.`` prefix) to arrays, or is the
-checkpoint dict the reference saves (``{'model': state_dict, ...}``). Every size is
-inferred from the shapes. Unknown, missing and mis-shaped names are reported
-together in one ``ValueError``. The reference's ``final_up.norm`` (a LayerNorm the
-forward pass never calls) is accepted and dropped; export writes it back at the values
-the reference initialises it to (weight 1, bias 0).
+checkpoint dict the reference saves (``{'model': state_dict, ...}``); sizes are inferred
+from the shapes. The unused ``final_up.norm`` is dropped, and exported at its initial values.
 
 Layouts: Linear weights (out, in) become kernels (in, out); Conv2d (out, in, kh, kw)
 becomes (kh, kw, in, out); SS2D's stacked per-direction tensors become

@@ -2,10 +2,9 @@
 
     net = from_torchvision_state_dict(weights_io.read_state_dict("resnet50-11ad3fa6.pth"))
 
-Names map one to one (``layer1.0.conv1.weight`` <-> ``layer1/0/conv1/kernel``; the shortcut's
-``downsample.0`` / ``downsample.1`` are ``downsample_conv`` / ``downsample_bn``); convolution
-kernels go from (out, in, kh, kw) to (kh, kw, in, out), the classifier's from (out, in) to
-(in, out).
+Names map one to one (``layer1.0.conv1.weight`` <-> ``layer1/0/conv1/kernel``; ``downsample.0``
+/ ``.1`` are ``downsample_conv`` / ``_bn``); kernels go from (out, in, kh, kw) to
+(kh, kw, in, out), the classifier's from (out, in) to (in, out).
 """
 
 import jax.numpy as jnp

@@ -5,8 +5,7 @@ Formats, by file suffix:
   ``.safetensors``         read directly (a JSON header and raw little-endian buffers);
   ``.pth`` ``.pt`` ``.pkl`` ``torch.load(..., weights_only=True)`` when torch is installed;
                            written as ``{'model': state_dict}``, the dict the reference saves.
-Writing (``.npz``, ``.pth``/``.pt``/``.pkl``) goes to a temporary file that is renamed
-into place. Nothing is ever downloaded.
+Files are written atomically. Nothing is ever downloaded.
 """
 
 import json

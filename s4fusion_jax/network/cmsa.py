@@ -10,14 +10,13 @@ LayerNorm at the block input, whatever the paper's figure shows):
     M = mark_proj [x_I; x_V]                                     (Patch Mark)
     y = S6(interleave(x_I + M, x_V + M), interleave(dt), interleave(B), interleave(C))
 
-With ``patch_mark=False`` (the paper's "w/o PM" ablation) the block has no ``mark_proj``
-and scans ``interleave(x_I, x_V)``; nothing else changes.
     y_I, y_V = deinterleave(y);  out_X = leave(merge_4(y_X), z_X)
+
+With ``patch_mark=False`` (the paper's "w/o PM") there is no ``mark_proj`` and M = 0.
 
 The fusion layer runs ``num_blocks`` CMSA blocks with residuals,
 ``I, V = I + I', V + V'``, and returns R = I + V. Maps are (batch, H, W, C); an optional
-``mask`` (batch, H, W) marks the valid positions of a size bucket, as in ``ss2d``: the
-interleaved scan steps over the positions outside it in both modalities.
+``mask`` (batch, H, W) marks a size bucket's valid positions, as in ``ss2d``.
 """
 
 import jax.numpy as jnp
@@ -93,10 +92,8 @@ class CMSABlock(PairedScanMixer):
 
 
 class FusionLayer(nnx.Module):
-  """``num_blocks`` CMSA blocks with residuals; returns R = I + V (batch, H, W, C).
-
-  With ``remat`` each block is recomputed in the backward pass.
-  """
+  """``num_blocks`` CMSA blocks with residuals (``remat``: recomputed in the backward pass);
+  returns R = I + V (batch, H, W, C)."""
 
   def __init__(self, d_model, d_state, num_blocks, *, rngs, expand=1.5, backend="sequential",
                chunk=None, platform=None, remat=False, patch_mark=True, dtype=None,

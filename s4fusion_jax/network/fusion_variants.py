@@ -2,22 +2,18 @@
 
 Each has the fusion layer's call signature: two (batch, H, W, C) maps I, V and an optional
 size-bucket mask (batch, H, W) in, one (batch, H, W, C) map R out (only ``MASKED`` take a
-mask). Their definitions follow the reference's compiled
-``modules/ablation.py``:
+mask), as the reference's compiled ``modules/ablation.py`` defines them:
 
 ``add``              R = I + V, no parameters.
-``cnn``              R = Conv1x1(Block^n(Conv1x1([I; V]))): the concatenation goes to
-                     c = int(2C // 1.4) channels, through n ResNet basic blocks
-                     (3x3 conv, BatchNorm, ReLU, 3x3 conv, BatchNorm, + input, ReLU) and back
-                     to C channels.
+``cnn``              R = Conv1x1(Block^n(Conv1x1([I; V]))), c = int(2C // 1.4) channels
+                     inside, Block a ResNet basic block (conv, BN, ReLU, conv, BN, + x, ReLU).
 ``cross_attention``  n layers of linear cross-attention, not residual:
                      (K_X, V_X) = X W_X per modality, head h of X' is
                      X_h softmax_rows(K_Y,h^T V_Y,h / sqrt(d_h)) (the other modality's
                      context); R = I_n + V_n.
-``fssm``             FusionMamba's FSSM: n blocks with residuals, R = I_n + V_n. A block is the
-                     CMSA block's frame (shared in_proj, depthwise conv, gate, out_norm,
-                     out_proj) around two scans of length L per direction: I's sequence
-                     driven by V's (dt, B, C) and V's SSM parameters, and the reverse.
+``fssm``             FusionMamba's FSSM: n blocks with residuals, R = I_n + V_n; a block is
+                     the CMSA block's frame around two scans: I's sequence driven by V's
+                     (dt, B, C) and SSM parameters, and the reverse.
 
 The reference's FSSM block also allocates a ``mark_proj`` it never uses; it is left out.
 """
@@ -32,9 +28,7 @@ from s4fusion_jax.network import ss2d
 from s4fusion_jax.numerics import directions
 
 NAMES = ("add", "cnn", "cross_attention", "fssm")
-# The variants that take a size bucket's ``mask`` (and so fuse every size in a bucket with one
-# program). The CNN's 3x3 convolutions and BatchNorm statistics and cross-attention's sums
-# over all positions would need masking of their own: those fuse at exact sizes.
+# The variants that take a size bucket's ``mask``; the others fuse at exact sizes.
 MASKED = ("add", "fssm")
 
 

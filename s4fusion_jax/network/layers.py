@@ -3,9 +3,8 @@
 The reference (``VSSM._init_weights``) gives every ``nn.Linear`` a normal(0, 0.02)
 weight (timm's ``trunc_normal_`` with bounds at +-2, i.e. +-100 sigma) and a zero
 bias; ``nn.Conv2d`` keeps PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
-weight and bias; every LayerNorm has eps 1e-5 and starts at (1, 0). LayerNorms here
-compute the variance in two passes, as PyTorch does, rather than flax's default
-E[x^2] - E[x]^2, so float32 results stay within 1e-4 of the reference.
+weight and bias; every LayerNorm has eps 1e-5, starts at (1, 0) and computes the variance
+in two passes, as PyTorch does.
 """
 
 import math
@@ -25,10 +24,7 @@ class ParamKeys:
 
   ``params()`` returns fold_in(key, 0), fold_in(key, 1), ... as ``nnx.Rngs(key).params()``
   does, so a constructor given ``ParamKeys(key)`` draws the same parameters; the count is a
-  Python int. ``nnx.Rngs`` keeps its count in a Variable, and under a trace (``nnx.eval_shape``,
-  ``nnx.jit``) each in-place update of it asks the traced count for its sharding, which JAX
-  answers by building an error message that walks the whole trace so far: quadratic in the
-  number of draws (1 s of the default model's 260, 0.2 s in all with this).
+  Python int, as ``nnx.Rngs``'s Variable count is slow to update under a trace.
   """
 
   def __init__(self, key):
@@ -40,10 +36,8 @@ class ParamKeys:
     return key
 
 
-# A constructor's program runs once per model, in a fraction of a second, but it is one random
-# draw per parameter array, each a threefry loop: XLA:CPU's LLVM optimisation of those loops was
-# about two thirds of its compile (the default S4Fusion 54 -> 19 s, a ResNet50 20 -> 10 s; the
-# program then runs 0.2 s instead of 0.03 s), so on the CPU it is compiled without.
+# A constructor's program runs once but is a threefry loop per parameter array, whose LLVM
+# optimisation dominates its compile on the CPU; so there it is compiled without.
 CPU_CONSTRUCTOR_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
@@ -51,12 +45,9 @@ def compiled_constructor(build, **kwargs):
   """``key -> build(rngs=ParamKeys(key), **kwargs)``, the module built in one compiled program.
 
   The same random keys as ``nnx.Rngs(key)``, so the same parameters as eager construction up
-  to XLA fusing the initialisers' arithmetic differently (within a few float32 ulps). Built
-  eagerly, each initialiser compiles its own small programs (about 15 s for the default
-  S4Fusion on a 2-core CPU); this program is compiled once per call of this function and kept
-  by the persistent compilation cache (the key is an argument: every seed shares it). Under a
-  trace (a traced key: ``jax.eval_shape``, an enclosing ``jit``) it is traced into the caller's
-  program, whose compiler options apply (JAX takes them only at the top level).
+  to XLA fusing the initialisers' arithmetic differently (within a few float32 ulps). The
+  program is compiled once per call of this function (every seed shares it). Under a trace
+  (a traced key) it is traced into the caller's program, whose compiler options apply.
   """
   graphdef = nnx.graphdef(abstract(build, **kwargs))
   state = lambda key: nnx.state(build(rngs=ParamKeys(key), **kwargs))
@@ -91,8 +82,7 @@ def conv(in_features, out_features, kernel_size, *, rngs, stride=1, padding="VAL
          groups=1, use_bias=True, dtype=None, param_dtype=jnp.float32):
   """``nn.Conv2d`` with PyTorch's default initialisation; kernel (kh, kw, in/groups, out).
 
-  A depthwise convolution (one filter per channel, stride 1, explicit padding) runs through
-  ``depthwise_conv``, whose kernel gradient XLA:CPU computes without a dense C x C convolution.
+  A depthwise convolution (stride 1, explicit padding) runs through ``depthwise_conv``.
   """
   fan_in = (in_features // groups) * kernel_size * kernel_size
   depthwise = (groups == in_features == out_features and stride == 1

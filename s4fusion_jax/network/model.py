@@ -13,10 +13,8 @@ Images are channels-last (batch, H, W, 1) in [0, 1]; ``fuse`` takes any H x W.
 
 Size buckets (``sizes``): given ``valid``, each image's valid rectangle at the top-left of a
 larger input, every block masks the positions outside it (the depthwise convolutions' input,
-the scans' steps, the fold head's patches; everything else is per position, a valid
-convolution, or a merge / expand whose 2x2 blocks never straddle the rectangle's edge), so
-the rectangle's output is the output at its own size and one compiled program serves every
-rectangle that fits. The CMSA model and the ``fusion_variants.MASKED`` ablations take masks.
+the scans' steps, the fold head's patches), so the rectangle's output is the output at its
+own size. The CMSA model and the ``fusion_variants.MASKED`` ablations take masks.
 """
 
 import dataclasses
@@ -59,9 +57,7 @@ class ModelConfig:
   patch_stride: int = 3
   scan_backend: str = "auto"
   scan_chunk: int = 128
-  # The platform the scan is compiled for ("cpu", "cuda", "tpu", ...), which "auto" and the
-  # chunked scan's inner form follow; None: JAX's default backend. Set it to lower for
-  # another platform with jax.export.
+  # The platform the scan is compiled for ("cpu", "cuda", ...; None: JAX's default backend).
   scan_platform: Optional[str] = None
   remat: bool = True  # recompute each VSS / CMSA block in the backward pass (less memory)
   dtype: str = "float32"

@@ -5,12 +5,11 @@
     logits, features = net(x)   # x (batch, H, W, 3) normalised as torchvision expects
 
 ``features`` are the four stage outputs (layer1..layer4), channels-last. BatchNorm uses
-its running statistics (eval mode); in S4Fusion training the network is frozen: its
-state is never updated, gradients flow through it to the fused image only.
+its running statistics; in S4Fusion training the network is frozen.
 
-Weights: torchvision's ImageNet ResNet50 (``ResNet50_Weights.IMAGENET1K_V1`` or ``V2``,
-files ``resnet50-0676ba61.pth`` / ``resnet50-11ad3fa6.pth``) downloaded by the user,
-read from ``.pth`` (with torch), ``.npz`` or ``.safetensors``; nothing is ever downloaded.
+Weights: torchvision's ImageNet ResNet50 (``IMAGENET1K_V1`` ``resnet50-0676ba61.pth`` or
+``V2`` ``resnet50-11ad3fa6.pth``), downloaded by the user, as ``.pth``, ``.npz`` or
+``.safetensors``.
 """
 
 import functools
@@ -31,9 +30,8 @@ EXPANSION = 4
 def imagenet_input(gray):
   """A one-channel image (batch, H, W, 1) in [0, 1] -> the network input (batch, H, W, 3).
 
-  The channel is repeated to RGB and normalised with the ImageNet mean and std, the
-  usual way to feed a gray image to an ImageNet classifier (the reference's choice
-  is not released).
+  The channel is repeated to RGB and normalised with the ImageNet mean and std (the
+  reference's choice is not released).
   """
   rgb = jnp.repeat(gray, 3, axis=-1)
   mean = jnp.asarray(IMAGENET_MEAN, gray.dtype)

@@ -4,25 +4,14 @@
 
 channels-last x (batch, H, W, C), kernel K (k, k, 1, C) (one k x k filter per channel), stride
 1, zero padding. The forward is that sum as written: k^2 shifted windows of x_pad times their
-tap, added in the order (i, j) = (0, 0), (0, 1), ..., one fused elementwise loop. XLA:CPU's
-grouped convolution (``feature_group_count`` = C) took 45x as long for the same numbers at
-SS2D's shapes (55 ms against 1.2 ms for 3 x 3 over 180 x 224 x 72; a third of a fuse's time
-outside the scans); the two differ by float rounding (the order of the nine terms). The input
-gradient is autodiff's transpose of the sum (the same shifted sum with the kernel flipped).
-The kernel gradient is the same sum read the other way,
+tap, added in the order (i, j) = (0, 0), (0, 1), ..., one fused elementwise loop (XLA:CPU's
+grouped convolution is much slower; the two differ by float rounding). The input gradient is
+autodiff's transpose of the sum. The kernel gradient is the same sum read the other way,
 
     dK[i, j, 0, c] = sum_{b, h, w} x_pad[b, h + i, w + j, c] dy[b, h, w, c],
 
-k^2 products of shifted x with dy, each summed over space, one tap at a time in a ``lax.scan``
-(written as k^2 separate sums, XLA kept every product alive at once: 2.7x the memory), then
-over the batch once after the loop: with the batch sharded over devices, a sum over it inside
-the loop body put one all-reduce in every step (nine cross-device rendezvous per convolution,
-which on 8 CPU devices of a 2-core machine starved each other past XLA's 40 s timeout).
-
-JAX's own transpose of a grouped convolution is a convolution with ``batch_group_count`` = C,
-which XLA:CPU computes as a dense (k, k, C, C) convolution before keeping its diagonal (C times
-the work), and inside a loop body (``lax.scan`` over micro-batches) without its convolution
-library: 10x slower there.
+one tap at a time in a ``lax.scan`` (so only one product is alive), summed over the batch
+once after the loop (so a batch sharded over devices needs one all-reduce, not one a tap).
 
 Products and sums are in at least float32 (bfloat16 inputs are summed in float32, as a
 convolution accumulates), the result in the input's dtype.

@@ -5,10 +5,8 @@ SS2D (VMamba) reads a (H, W) map along four paths of length L = H W:
     k = 1: column-major         k = 3: column-major, reversed
 and merges the four outputs back onto the map by summing them.
 
-Cross SS2D (S4Fusion's CMSA) interleaves the infrared (I) and visible (V)
-sequences of one path position by position, infrared first,
-    [I_1, V_1, I_2, V_2, ..., I_L, V_L]   (length 2L),
-so one scan with a shared state reads both modalities.
+Cross SS2D (S4Fusion's CMSA) interleaves the infrared (I) and visible (V) sequences of one
+path, [I_1, V_1, I_2, V_2, ..., I_L, V_L] (length 2L), so one scan reads both modalities.
 """
 
 import jax.numpy as jnp

@@ -21,23 +21,15 @@ The state h (N values per channel, held as (N, batch, G, D): see below) is float
 for float32 / bfloat16 inputs and float64 for float64 inputs; the output is returned
 in that dtype, as the reference's CUDA kernel returns float32.
 
-Backends (one enum, one entry point, as in recurrentgemma's scan module):
-    ``sequential``  ``lax.scan`` over L: O(batch G D N) live state, fast on CPU;
-                    under ``grad`` it keeps per-step residuals, O(L batch G D N).
-    ``associative`` ``lax.associative_scan`` over L: O(log L) depth, the form
-                    for accelerators; materialises (batch, L, G, D, N).
+Backends:
+    ``sequential``  ``lax.scan`` over L; under ``grad`` it keeps per-step residuals.
+    ``associative`` ``lax.associative_scan`` over L; materialises (batch, L, G, D, N).
     ``chunked``     L cut into chunks, the state carried across them, with a custom VJP
-                    (Mamba's backward): the forward keeps only the chunk-start states;
-                    the backward recomputes each chunk's states and runs the adjoint
-                    recurrence in reverse time. Under ``grad`` it keeps L / chunk
-                    states plus one chunk's. Inside a chunk: ``sequential`` on CPU,
-                    ``associative`` elsewhere.
-    ``auto``        the measured best for the platform, forward-only and trained
-                    (``AUTO_BACKEND``): where they differ (CPU: ``sequential`` forward,
-                    ``chunked`` under ``grad``), one custom VJP runs the first when the
-                    values alone are needed and the chunked scan's passes under ``grad``,
-                    so a model left at ``auto`` is right for both uses. Forward-mode
-                    differentiation (``jvp``) then needs an explicit backend.
+                    (Mamba's backward) that keeps only the chunk-start states and
+                    recomputes each chunk's states in reverse time.
+    ``auto``        per platform, forward and under ``grad`` (``AUTO_BACKEND``); where
+                    they differ one custom VJP serves both. ``jvp`` then needs an
+                    explicit backend.
 """
 
 import enum
@@ -55,10 +47,7 @@ class ScanBackend(str, enum.Enum):
   AUTO = "auto"
 
 
-# ``auto``: the measured best per (platform, differentiated?) (bench/benchmark.py; README
-# "Performance"). On CPU the plain lax.scan is fastest forward; under grad the chunked scan
-# is faster than autodiff of it and keeps a fraction of the memory. Unmeasured platforms get
-# the chunked scan, whose chunks are associative scans there.
+# ``auto``: the backend per (platform, differentiated?); other platforms get ``chunked``.
 AUTO_BACKEND = {("cpu", False): ScanBackend.SEQUENTIAL, ("cpu", True): ScanBackend.CHUNKED}
 AUTO_DEFAULT = ScanBackend.CHUNKED
 # Inside a chunk, the faster form on the platform.
@@ -68,12 +57,7 @@ DEFAULT_CHUNK = 128
 
 
 def resolve_backend(backend, platform=None, differentiated=False) -> ScanBackend:
-  """The concrete backend for ``backend``.
-
-  "auto" picks by ``platform`` (default: JAX's) and by whether the scan will be
-  differentiated (training resolves it with ``differentiated=True``; left as "auto"
-  in a model, ``selective_scan`` serves both).
-  """
+  """The concrete backend for ``backend``; "auto" by ``platform`` and ``differentiated``."""
   backend = ScanBackend(backend)
   if backend != ScanBackend.AUTO:
     return backend
@@ -85,18 +69,12 @@ def state_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-# Inside the module the time axis leads and the state index n comes next: h is
-# (N, b, G, D), a chunk of states (T, N, b, G, D), A (N, G, D), B and C (T, N, b, G). With
-# n leading, the sums over n (y = C . h and its adjoints) add whole (b, G, D) slabs, which
-# vectorise on CPU, where a trailing axis of 12-18 does not.
+# Inside the module time leads and n comes next: h (N, b, G, D), a chunk of states
+# (T, N, b, G, D), A (N, G, D), B and C (T, N, b, G); sums over n add (b, G, D) slabs.
 
 
 def _sum_over_n(x, axis):
-  """x summed over its n ``axis`` as a chain of slice adds.
-
-  XLA:CPU fuses the chain, with whatever produced x, into one vectorised loop; its ``reduce``
-  over that axis ran 10-15x slower for the adjoint terms at SS2D's shapes.
-  """
+  """x summed over its n ``axis`` as a chain of slice adds, which XLA:CPU fuses."""
   slices = [jax.lax.index_in_dim(x, n, axis, keepdims=False) for n in range(x.shape[axis])]
   return functools.reduce(operator.add, slices)
 
@@ -113,13 +91,10 @@ def _step(h, dt_t, A, p_t, q_t):
 
 def _outputs_sequential(h0, dt, A, u, B, C):
   """(h_T, y) with y_t = C_t . h_t, by a ``lax.scan``; shapes as ``_states``'s, with u
-  (T, b, G, D) in place of p: the drive p_t = dt_t u_t is formed inside the loop (no (T, b, G, D)
-  array of it is written).
+  (T, b, G, D) in place of p (p_t = dt_t u_t is formed inside the loop).
 
-  C_t reaches step t through the carry, sliced one step ahead. XLA:CPU fuses y_t = C_t . h_t
-  into the in-place write of the stacked outputs; with C_t sliced inside that write, LLVM
-  reloads the step index for every element and the write runs as a scalar loop. Read from the
-  carry, it vectorises: the same values, the scan at SS2D's shapes (N = 12) 1.4-1.7x faster.
+  C_t reaches step t through the carry, sliced one step ahead, so that XLA:CPU vectorises
+  the write of y_t.
   """
 
   def step(carry, inputs):
@@ -191,9 +166,8 @@ LANES = 8
 def _sum_over_d(x):
   """x summed over its trailing d axis, inside a loop body: (..., D) -> (...).
 
-  First the D / 8 slices of 8 consecutive d are added (vectorised adds), then the 8 lanes.
-  In a loop body XLA:CPU hands a ``reduce`` to a library call that costs tens of
-  microseconds each step, and a batched dot needs a transposed copy of the chunk's states.
+  The D / 8 slices of 8 consecutive d are added, then the 8 lanes (no ``reduce``, which
+  XLA:CPU makes a library call inside a loop).
   """
   lanes = LANES if x.shape[-1] % LANES == 0 else 1
   x = x.reshape(*x.shape[:-1], x.shape[-1] // lanes, lanes)
@@ -209,9 +183,8 @@ def _softplus_slope(dt):
 def _chunked(u, delta, A, B, C, D, delta_bias, inner):
   """y_t = C_t . h_t + D u_t over K chunks of T steps, time-major.
 
-  u, delta (K, T, b, G, D); A (N, G, D); B, C (K, T, N, b, G); D, delta_bias (G, D).
-  Forward: a ``lax.scan`` over the chunks carries the state; each chunk runs ``inner``.
-  Backward (``_chunked_bwd``): Mamba's reverse pass, from the K chunk-start states only.
+  u, delta (K, T, b, G, D); A (N, G, D); B, C (K, T, N, b, G); D, delta_bias (G, D). Each
+  chunk runs ``inner``; the backward (``_chunked_bwd``) starts from the chunk-start states.
   """
   return _chunked_fwd(u, delta, A, B, C, D, delta_bias, inner)[0]
 
@@ -319,8 +292,7 @@ def _unsplit(x, length):
 
 
 def _forward(u, delta, A, B, C, D, delta_bias, forward):
-  """y over a whole time-major sequence (L, ...) by the ``forward`` backend; its gradient is
-  autodiff's (``_fast_forward`` wraps it with the chunked scan's instead)."""
+  """y over a whole time-major sequence (L, ...) by the ``forward`` backend."""
   dt = jax.nn.softplus(delta + delta_bias)
   h0 = jnp.zeros((A.shape[0], *u.shape[1:]), u.dtype)
   return _OUTPUTS[forward](h0, dt, A, u, B, C)[1] + D * u
@@ -328,9 +300,7 @@ def _forward(u, delta, A, B, C, D, delta_bias, forward):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _fast_forward(u, delta, A, B, C, D, delta_bias, forward, inner, chunk):
-  """``auto`` where one backend is the fastest forward and the chunked scan the fastest under
-  ``grad``: the values of ``forward`` over the whole time-major sequence (L, ...); under
-  ``grad``, the chunked scan's forward pass (chunk-start states kept) and its backward."""
+  """``_forward`` by the ``forward`` backend; under ``grad``, the chunked scan's passes."""
   return _forward(u, delta, A, B, C, D, delta_bias, forward)
 
 
@@ -357,11 +327,9 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
                    platform=None, mask=None):
   """Runs the selective scan; see the module docstring for the shapes.
 
-  With ``mask``, the masked-out steps leave the state as it is and read no input: their
-  delta is -inf before the softplus, so dt = 0 after it exactly (decay exp(0 A) = 1, and
-  softplus' = 0 in the backward pass), and u, B and C are zeroed there (with ``where``,
-  so a NaN or inf there cannot leak). Every other step gives what the scan over the
-  unmasked steps alone gives; the masked steps' outputs are 0.
+  With ``mask``, the masked-out steps leave the state as it is (delta -inf, so dt = 0 and
+  softplus' = 0) and read no input (u, B, C zeroed with ``where``): every other step gives
+  what the scan over the unmasked steps alone gives; the masked steps' outputs are 0.
 
   Args:
     u: (batch, L, G, D) scan input.
@@ -373,8 +341,7 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, backend="sequential", ch
     delta_bias: (G, D) added to delta before the softplus.
     backend: a ``ScanBackend`` or its string value.
     chunk: steps per chunk for the ``chunked`` backend (default ``DEFAULT_CHUNK``).
-    platform: the platform compiled for, which "auto" and the chunks' inner form follow
-      (default: JAX's default backend); e.g. "cuda" to lower for a GPU from this machine.
+    platform: the platform compiled for (default: JAX's), e.g. "cuda" to lower for a GPU.
     mask: None, or booleans broadcastable to (batch, L, G, 1): the steps to scan.
 
   Returns:

@@ -7,15 +7,12 @@ three levels) that is (n - 1) % 12 == 0. The reference's test script zero-pads
 both sides up to the next valid length, ``rest // 2`` before and the remainder
 after, and crops the output back; ``placement`` / ``crop`` do the same.
 
-Size buckets: so that one compiled program fuses many sizes, a reference-padded image (its
-"valid rectangle") can be placed at the top-left of a larger valid size, its bucket, with the
-rectangle's size passed at run time; the model masks every position outside it
-(``grid_mask``) and gives the valid rectangle the numbers it gives at its own size. Bucket
-sides come from one fixed ladder, independent of the data: with q = 2^(levels - 1) patches
-per group, a side of m groups (length s (q m - 1) + k) is on the ladder when
-m = ceil(1.25^i) for some i >= 0 (m = 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 19, 23, 29, 36, 45,
-56, 70, ...; for the reference's rule, lengths 12 m + 1). A side is padded by at most 25%
-(less than 19% once m >= 6).
+Size buckets: a reference-padded image (its "valid rectangle") is placed at the top-left of
+a larger valid size, its bucket, and the model masks every position outside it
+(``grid_mask``), so one compiled program fuses every size of a bucket. With q = 2^(levels - 1)
+patches per group, a side of m groups (length s (q m - 1) + k) is a bucket side when
+m = ceil(1.25^i) for some i >= 0 (m = 1, 2, 3, 4, 5, 6, 8, 10, ...), so a side grows by at
+most 25%.
 """
 
 import math
@@ -62,11 +59,9 @@ def placement(height, width, kernel=4, stride=3, levels=3, bucket=True):
   """Where an H x W image goes in the model's input.
 
   Returns:
-    ``pads``: ((top, bottom), (left, right)), the zero padding that places the image where
-    the reference pads it inside its valid rectangle, and (with ``bucket``) that
-    rectangle at the top-left of a ``bucket_length`` x ``bucket_length`` bucket;
-    ``valid``: (H_v, W_v), the rectangle's size; ``box``: (top, left, H, W), the image inside
-    the rectangle, for ``crop``.
+    ``pads``: ((top, bottom), (left, right)), placing the image as the reference pads it in
+    its valid rectangle, and (with ``bucket``) that rectangle at the top-left of its bucket;
+    ``valid``: (H_v, W_v); ``box``: (top, left, H, W), the image, for ``crop``.
   """
   rule = (kernel, stride, levels)
   valid = (valid_length(height, *rule), valid_length(width, *rule))

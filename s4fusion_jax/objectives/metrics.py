@@ -3,11 +3,8 @@
     from s4fusion_jax.objectives.metrics import compute
     compute(fused, ir, vi) -> {"EN": ..., "SD": ..., ...}
 
-Inputs are 2-D float arrays in 0..255 (the images as that Evaluator reads them: 8-bit
-gray). Everything is computed in float64 with NumPy, vectorised (separable filters as
-sliding-window products).
-
-Conventions (those behind the numbers of recent infrared-visible fusion papers):
+Inputs are 2-D float arrays in 0..255 (8-bit grey, as that Evaluator reads them), computed
+in float64 with NumPy. Conventions:
   EN    entropy (bits) of the histogram of round(F) over 0..255.
   SD    population standard deviation of F.        SF  sqrt(mean(dx^2) + mean(dy^2)).
   AG    mean of sqrt((gx^2 + gy^2) / 2), central differences, one-sided at the borders.
@@ -21,12 +18,10 @@ Conventions (those behind the numbers of recent infrared-visible fusion papers):
         (pi / 2 where gx = 0); where g_source == g_fused the gradient term is g_fused,
         as the Evaluator has it.
   SSIM  (SSIM(F, I) + SSIM(F, V)) / 2, skimage's SSIM with its defaults (7 x 7 uniform
-        window, sample covariance, mean over the window-valid region) and data_range = 2,
-        in float32 as skimage computes it for the Evaluator's float32 images.
+        window, sample covariance, valid region) and data_range = 2, in float32.
 
-NaN / inf: CC, SCD are NaN when an image is constant (zero variance); PSNR is inf when
-F equals both sources; EN, SD, SF, AG, MI, SSIM, VIF and Qabf are always finite (Qabf
-is NaN only when both sources are constant: no gradient to weigh).
+CC, SCD are NaN when an image is constant; PSNR is inf when F equals both sources; Qabf is
+NaN only when both sources are constant; the others are always finite.
 """
 
 import math
@@ -36,8 +31,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 NAMES = ("EN", "SD", "SF", "AG", "MI", "MI_bits", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR",
          "MSE")
-# The columns of the tables that show some, in order. The published TNO table's (CDDFuse's
-# Table 1) with our SSIM (the mean of the two); validation records those and AG.
+# Table columns: the published TNO table's (CDDFuse's Table 1); validation adds AG.
 PAPER_COLUMNS = ("MI", "SF", "AG", "SSIM", "VIF", "Qabf")
 ABLATION_COLUMNS = ("MI", "AG", "VIF", "Qabf", "SSIM", "SF")  # the paper's Table 3
 PUBLISHED_COLUMNS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
@@ -176,12 +170,8 @@ def _uniform_valid_float32(x, win):
 
 
 def ssim(x, y, data_range=2.0, win=7):
-  """skimage.metrics.structural_similarity(x, y, data_range) on float32 images, its defaults.
-
-  The Evaluator reads images as float32, and skimage then computes in float32: the
-  variances E[x^2] - E[x]^2 carry float32 cancellation, which moves the mean SSIM by
-  ~1e-6 relative; it is reproduced here so the numbers match published ones.
-  """
+  """skimage.metrics.structural_similarity(x, y, data_range) on float32 images, its defaults,
+  in float32 as skimage computes it (so the numbers match published ones)."""
   x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
   ux, uy, uxx, uyy, uxy = (_uniform_valid_float32(t, win) for t in (x, y, x * x, y * y, x * y))
   cov_norm = win * win / (win * win - 1.0)

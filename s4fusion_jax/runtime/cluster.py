@@ -1,15 +1,11 @@
 """Multi-host runs: joining a cluster, barriers that name who is missing, leaving together.
 
-Processes of one run drift apart wherever one of them does work the others do not. The
-largest such gap is compilation: JAX writes its persistent cache from process 0 alone, and
-on CPU a program's cache key holds its device assignment, so process k > 0 finds none of its
-programs there (measured with JAX 0.10.2: 0 of 222, the train step's included) while process
-0 reads all of them. With a warm cache process 0 runs ahead by as long as process k spends
-compiling (tens of seconds to minutes), and a gloo collective gives up after 30 s of
-waiting (its context initialisation cannot be given a longer timeout). So the training job
-meets at a ``barrier`` (the coordination service's key-value barrier, whose timeout is
-ours) before its first collective, after compiling the train step, after each validation
-and after its last step; ``leave`` then shuts the cluster down with every process present.
+Processes drift apart where one does work the others do not, above all compiling (only
+process 0 reads its programs from the persistent cache on CPU), and a gloo collective gives
+up after a fixed wait. So the training job meets at a ``barrier`` (the coordination
+service's key-value barrier, whose timeout is ours) before its first collective, after
+compiling the train step, after each validation and after its last step; ``leave`` then
+shuts the cluster down with every process present.
 
 In a single-process run every function here is a no-op.
 """
@@ -43,8 +39,7 @@ def join(coordinator_address=None, num_processes=None, process_id=None, *,
   """Joins a cluster: explicit (all three arguments) or from the environment (none).
 
   CPU collectives go over gloo. ``timeout_s`` bounds each ``barrier``;
-  ``shutdown_timeout_s`` bounds JAX's own barrier in ``leave`` (all processes are present by
-  then, so it only has to cover the shutdown itself).
+  ``shutdown_timeout_s`` bounds JAX's own barrier in ``leave``.
   """
   explicit = (coordinator_address, num_processes, process_id)
   if any(x is None for x in explicit) and any(x is not None for x in explicit):

@@ -8,12 +8,9 @@ instead of being compiled again. The directory, in order of precedence:
     $JAX_COMPILATION_CACHE_DIR        JAX's own variable, if set
     $XDG_CACHE_HOME/s4fusion-jax/xla  (default ~/.cache/s4fusion-jax/xla)
 
-Entries live in a subdirectory per host CPU kind (model and instruction-set flags): XLA:CPU
-code compiled for one CPU kind may not run on another, so a cache shared between machines
-gives the other kind a miss, not a crash. JAX evicts the least recently used entries past
-``MAX_BYTES`` and writes only programs that took at least ``MIN_COMPILE_SECONDS`` to compile
-(``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` overrides). Clearing it is deleting the
-directory.
+Entries live in a subdirectory per host CPU kind, as XLA:CPU code for one kind may not run
+on another. JAX evicts entries past ``MAX_BYTES`` and writes only programs that took at least
+``MIN_COMPILE_SECONDS`` to compile (``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` overrides).
 """
 
 import hashlib
@@ -24,7 +21,7 @@ import jax
 
 ENV = "S4FUSION_COMPILE_CACHE"
 MAX_BYTES = 4 * 2**30
-MIN_COMPILE_SECONDS = 0.5  # the model's and train step's programs take seconds; eager ops less
+MIN_COMPILE_SECONDS = 0.5
 
 
 def cpu_kind():
@@ -55,11 +52,8 @@ def directory():
 
 
 def enable():
-  """Turns the persistent cache on (see the module docstring); returns its directory or None.
-
-  Call it before the first compile. A directory that cannot be created leaves the cache off
-  with a warning: a cache is never a reason for a job to fail.
-  """
+  """Turns the persistent cache on before the first compile; returns its directory, or None
+  (off, or with a warning when the directory cannot be created)."""
   path = directory()
   if path is not None:
     try:
@@ -78,8 +72,7 @@ def enable():
 
 
 class CompileLog:
-  """Counts the programs this process compiled or read from the persistent cache, from JAX's
-  monitoring events, until ``close()`` (or the end of a ``with`` block)."""
+  """Counts the programs compiled or read from the persistent cache until ``close()``."""
 
   def __init__(self):
     self.programs = self.hits = 0
@@ -106,7 +99,7 @@ class CompileLog:
   def __enter__(self):
     return self
 
-  def __exit__(self, *exc_info):
+  def __exit__(self, *_):
     self.close()
 
   def summary(self):

@@ -86,9 +86,8 @@ def build(config, *, init_from=None, mesh=None, resnet=None) -> Run:
       ``num_steps``, ``microbatches``.
     init_from: a model checkpoint whose weights start the run (of the config's sizes).
     mesh: a 1-D ``data`` mesh (``make_mesh``; the old state is donated); None: plain ``jit``.
-    resnet: the ResNet50 of the loss: a module, "random" (``resnet.create``: benchmarks and
-      tests) or None, which reads ``config.loss.resnet_weights``. Unused when the loss needs
-      no ResNet50.
+    resnet: the ResNet50 of the loss, if it needs one: a module, "random"
+      (``resnet.create``) or None, which reads ``config.loss.resnet_weights``.
   """
   tx, schedule = train_step_lib.make_optimizer(config)
   graphdef, state = train_step_lib.init_state(initial_model(config, init_from), tx, config.seed)

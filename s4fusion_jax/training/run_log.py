@@ -4,14 +4,11 @@
 
 Both get the same records at the same steps: every logged scalar (the loss and its terms,
 the learning rate, the gradient, parameter and update norms, images/s) and the validation
-metrics (``val/<metric>``); TensorBoard also gets the validation sample grid as an image
-(``val/samples``). Process 0 alone writes; the events are flushed at every logged step.
+metrics (``val/<metric>``); TensorBoard also gets the sample grid (``val/samples``). Process
+0 alone writes, with tensorboardX, flushing at every logged step.
 
-Resuming from step s: the records after s (written before a kill, and logged again by the
-resumed run) are dropped from metrics.jsonl, and the new event file starts with TensorBoard's
-purge marker at s + 1 (a ``SessionLog.START``, what TensorFlow's and tensorboardX's
-writers mark a restart with), so TensorBoard's reader drops the killed run's events after s:
-no step appears twice. The events are written with tensorboardX (no TensorFlow needed).
+Resuming from step s drops later records from metrics.jsonl and starts the new event file
+with TensorBoard's purge marker (``SessionLog.START``) at s + 1: no step appears twice.
 """
 
 import json
@@ -57,9 +54,8 @@ class JsonLog:
 class RunLog:
   """metrics.jsonl and TensorBoard events of a run that starts (or resumes) at ``step``.
 
-  The events are written synchronously (tensorboardX's ``EventsWriter``, not its
-  ``SummaryWriter``, whose flush leaves queued events to a background thread): after
-  ``write`` returns, the step is on disk.
+  The events are written synchronously (tensorboardX's ``EventsWriter``): after ``write``
+  returns, the step is on disk.
   """
 
   def __init__(self, workdir, step):

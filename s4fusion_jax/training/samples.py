@@ -1,11 +1,10 @@
 """Validation during training and sample grids: fixed pairs fused, measured and drawn.
 
 The validation pairs are the first ``config.eval_pairs`` (by name) of ``config.data.val``,
-centre-cropped to ``config.eval_size`` (one shape, one compilation). Each validation
-writes ``WORKDIR/samples/step_NNNNNN.png`` (rows of IR | VI | fused) and returns the mean
-of ``metrics.VALIDATION_COLUMNS``; the best model by ``config.best_metric`` is kept in
-``WORKDIR/best-STEP`` (``WORKDIR/best.json`` names it; older ones are removed after). In a
-multi-host run every process validates and saves (orbax); process 0 alone writes the rest.
+centre-cropped to ``config.eval_size``. Each validation writes
+``WORKDIR/samples/step_NNNNNN.png`` and returns the means of ``metrics.VALIDATION_COLUMNS``;
+the best model by ``config.best_metric`` is kept in ``WORKDIR/best-STEP`` (named by
+``WORKDIR/best.json``). Every process validates; process 0 alone writes all but checkpoints.
 """
 
 import json

@@ -80,12 +80,10 @@ def model_of(graphdef, state):
 def make_train_step(graphdef, resnet_graphdef, tx, schedule, loss_config, microbatches=1):
   """The pure training step ``(state, batch, resnet_state) -> (state, metrics)``.
 
-  With ``microbatches`` = k > 1 the batch is cut into k interleaved micro-batches
-  (rows j, j + k, ...: each stays on its device) whose gradients are averaged in a
-  ``lax.scan``: the same gradient as the whole batch (every loss term is a batch mean of
-  per-sample terms), with about 1/k of the activation memory. The model runs in training
-  mode: BatchNorm statistics (the "cnn" ablation) come from each (micro-)batch and their
-  running averages are carried in ``state.model_state``.
+  With ``microbatches`` = k > 1 the batch is cut into k interleaved micro-batches (rows j,
+  j + k, ...) whose gradients are averaged in a ``lax.scan``: the whole batch's gradient in
+  about 1/k of the activation memory. BatchNorm statistics (the "cnn" ablation) come from
+  each (micro-)batch; their running averages are carried in ``state.model_state``.
   """
 
   network = functional.Network(graphdef, resnet_graphdef)

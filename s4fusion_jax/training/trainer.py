@@ -1,8 +1,5 @@
 """The training job: data, the data-parallel step (``build``), checkpoints, logs, validation.
-
-Multi-host runs call ``jax.distributed.initialize()`` first and each host feeds its shard of
-the global batch. The step is one pure function ``(state, batch, resnet_state) -> (state,
-metrics)`` (``train_step``).
+Each host feeds its shard of the global batch to the pure step ``train_step``.
 """
 
 import dataclasses
@@ -65,11 +62,8 @@ def _save(manager, graphdef, state, data_iterator, model_config):
 
 
 def _restore(manager, graphdef, state, data_iterator, sharding):
-  """``state`` with the values of the latest checkpoint, restored straight into ``sharding``.
-
-  Every process restores into the same global sharding, whatever topology saved the
-  checkpoint, so no array has to move between hosts afterwards.
-  """
+  """``state`` with the values of the latest checkpoint, restored straight into ``sharding``
+  (whatever topology saved it)."""
   step = manager.latest_step()
   target = lambda tree: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
@@ -142,9 +136,8 @@ def train_and_evaluate(config, workdir, init_from=None, progress=True):
   if progress and jax.process_index() == 0:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=config.num_steps, initial=start_step, desc="train", dynamic_ncols=True)
-  # Metrics stay on the device until a step that logs, validates or saves: then the steps
-  # since the last fetch are fetched together and checked, so no saved state holds a NaN and
-  # the host does not wait for the device on the other steps.
+  # Metrics stay on the device until a step that logs, validates or saves fetches and checks
+  # them together, so no saved state holds a NaN.
   pending, tick, compiled = [], time.perf_counter(), None
   for step in range(start_step, config.num_steps):
     batch = next(data_iterator)
