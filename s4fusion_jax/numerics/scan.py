@@ -55,8 +55,8 @@ class ScanBackend(str, enum.Enum):
   AUTO = "auto"
 
 
-# ``auto``: the measured best per (platform, differentiated?) (bench/benchmark.py; README
-# "Performance"). On CPU the plain lax.scan is fastest forward; under grad the chunked scan
+# ``auto``: the measured best per (platform, differentiated?) (``python -m bench.speed``;
+# docs/performance.md). On CPU the plain lax.scan is fastest forward; under grad the chunked scan
 # is faster than autodiff of it and keeps a fraction of the memory. Unmeasured platforms get
 # the chunked scan, whose chunks are associative scans there.
 AUTO_BACKEND = {("cpu", False): ScanBackend.SEQUENTIAL, ("cpu", True): ScanBackend.CHUNKED}
