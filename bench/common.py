@@ -1,25 +1,49 @@
-"""Shared benchmark helpers: timing after compilation, XLA's cost analysis, peak RSS per case.
+"""The helpers of bench/: the machine line, compile-then-time, peak memory, a markdown table."""
 
-Each case runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
-own; the parent prints one markdown table.
-"""
-
-import json
+import importlib
 import os
 import resource
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 
+import jax
+from flax import nnx
+
+from s4fusion_jax.network import model as model_lib
+from s4fusion_jax.training import build
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-import jax  # pylint: disable=wrong-import-position,wrong-import-order
-from flax import nnx  # pylint: disable=wrong-import-position,wrong-import-order
 
-from s4fusion_jax.network import model as model_lib  # pylint: disable=wrong-import-position
+def cpu():
+  """The host CPU's model name and whether it has AVX-512 (from /proc/cpuinfo)."""
+  facts = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        facts.setdefault(key.strip(), value.strip())
+  except OSError:
+    return f"an unknown CPU, {os.cpu_count()} CPUs"
+  avx512 = "AVX-512" if "avx512f" in facts.get("flags", "").split() else "no AVX-512"
+  return f"{facts.get('model name', '?')}, {avx512}, {os.cpu_count()} CPUs"
+
+
+def commit():
+  """The checked-out commit (short hash), with "+changes" when the tree differs from it."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                          check=False).stdout.strip()
+  return (git("rev-parse", "--short", "HEAD") or "?") + (
+      "+changes" if git("status", "--porcelain") else "")
+
+
+def machine():
+  """One line: the device (the CPU's model and AVX-512 on a CPU), JAX's version, the commit."""
+  device = jax.devices()[0]
+  name = cpu() if device.platform == "cpu" else f"{device.platform}: {device.device_kind}"
+  return f"{name}; jax {jax.__version__}; commit {commit()}"
 
 
 def compile_timed(fn, *args):
@@ -27,21 +51,6 @@ def compile_timed(fn, *args):
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   return time.perf_counter() - start, compiled
-
-
-def fuse_program(model, x):
-  """``model.fuse`` on the pair (x, x), x (batch, H, W, 1), as a function of the model's state
-  for ``jax.jit``: (fn, (state, x, x))."""
-  graphdef, state = nnx.split(model)
-  return (lambda s, a, b: model_lib.fuse(nnx.merge(graphdef, s), a, b)), (state, x, x)
-
-
-def fuse_seconds(model, x, repeats=3):
-  """(compile seconds, median seconds of ``repeats`` runs) of ``model.fuse`` on the pair (x, x),
-  x (batch, H, W, 1), in one bucket's program under ``jit``."""
-  fn, args = fuse_program(model, x)
-  compile_s, compiled = compile_timed(fn, *args)
-  return compile_s, time_run(compiled, *args, repeats=repeats)
 
 
 def time_run(compiled, *args, repeats=3):
@@ -55,97 +64,53 @@ def time_run(compiled, *args, repeats=3):
   return statistics.median(runs)
 
 
-def xla_stats(compiled):
-  """flops, bytes accessed and temporary buffer bytes that XLA reports for a compiled function."""
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, list):
-    cost = cost[0] if cost else {}
-  memory = compiled.memory_analysis()
-  return {
-      "gflops": cost.get("flops", float("nan")) / 1e9,
-      "gbytes_accessed": cost.get("bytes accessed", float("nan")) / 1e9,
-      "temp_gb": getattr(memory, "temp_size_in_bytes", float("nan")) / 1e9,
-  }
-
-
-def peak_rss_gb():
-  """This process's peak resident memory in GB."""
+def peak_memory_gb():
+  """The device's peak bytes in use so far (``memory_stats``), or where JAX keeps no such
+  count (the CPU) the process's peak resident memory, in GB."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 1e9
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def progress(message):
-  """Prints a progress line of a case's child (``#`` first): ``run_cases`` echoes it at once,
-  so a run stopped midway (a timeout on a lent machine) still shows what was measured."""
-  print(f"# {message}", flush=True)
+def fuse_seconds(model, height, width, batch=1, repeats=3):
+  """(compile seconds, median seconds) of ``model_lib.fuse`` on ``batch`` random pairs."""
+  graphdef, state = nnx.split(model)
+  x = jax.random.uniform(jax.random.key(0), (batch, height, width, 1))
+  fn = lambda s, a, b: model_lib.fuse(nnx.merge(graphdef, s), a, b)
+  compile_s, compiled = compile_timed(fn, state, x, x)
+  return compile_s, time_run(compiled, state, x, x, repeats=repeats)
 
 
-def run_cases(script, cases, extra_args=()):
-  """Runs ``script --case NAME`` for each case in a fresh process; returns their JSON rows.
-
-  The child's ``progress`` lines are echoed as they come; its last line is its row.
-  """
-  rows = []
-  for case in cases:
-    with tempfile.TemporaryFile("w+") as stderr:
-      child = subprocess.Popen([sys.executable, script, "--case", case, *extra_args],
-                               stdout=subprocess.PIPE, stderr=stderr, text=True)
-      last = ""
-      for last in child.stdout:
-        if last.startswith("# "):
-          print(last, end="", flush=True)
-      child.wait()
-      if child.returncode != 0:
-        stderr.seek(0)
-        rows.append({"case": case, "error": stderr.read().strip().splitlines()[-1:]})
-        continue
-    rows.append(json.loads(last))
-  return rows
+def load_config(spec):
+  """The config of "path/to/config.py[:argument]" (as train.py's ``--config`` takes it), the
+  path relative to the repository root."""
+  path, _, argument = spec.partition(":")
+  module = importlib.import_module(os.path.splitext(path)[0].replace(os.sep, "."))
+  return module.get_config(argument) if argument else module.get_config()
 
 
-def print_table(rows, columns):
-  """Prints ``rows`` (dicts) as a markdown table of ``columns`` (key, header, format); a
-  column a row does not have (a measurement not asked for) shows "-"."""
-  print("| " + " | ".join(h for _, h, _ in columns) + " |")
-  print("|" + "---|" * len(columns))
-  for row in rows:
-    if "error" in row:
-      print(f"| {row['case']} | failed: {row['error']} |")
-      continue
-    print("| " + " | ".join(fmt.format(row[k]) if k in row else "-" for k, _, fmt in columns)
-          + " |")
+def train_seconds(config, repeats=3):
+  """(compile seconds, median seconds) of ``build.build(config)``'s train step on a random
+  batch of ``config.batch_size`` x ``config.crop_size``^2 (a random ResNet50 where the loss
+  needs one)."""
+  run = build.build(config, resnet="random")
+  shape = (config.batch_size, config.crop_size, config.crop_size, 1)
+  batch = {k: jax.random.uniform(jax.random.key(i), shape) for i, k in enumerate(("ir", "vi"))}
+  compile_s, compiled = compile_timed(run.train_step, run.state, batch, run.resnet_state)
+  return compile_s, time_run(compiled, run.state, batch, run.resnet_state, repeats=repeats)
 
 
-def cpu():
-  """The host CPU: model name, family / model numbers, AVX-512 or not (from /proc/cpuinfo)."""
-  facts = {}
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        facts.setdefault(key.strip(), value.strip())
-  except OSError:
-    return "an unknown CPU"
-  avx512 = "AVX-512" if "avx512f" in facts.get("flags", "").split() else "no AVX-512 (AVX2 only)"
-  return (f"{facts.get('model name', '?')} (family {facts.get('cpu family', '?')}, model "
-          f"{facts.get('model', '?')}), {avx512}, {os.cpu_count()} CPUs")
+class Table:
+  """A markdown table printed a row at a time, so a run cut short still shows its rows."""
 
+  def __init__(self, *columns):
+    """``columns``: (header, format) pairs."""
+    self.formats = [fmt for _, fmt in columns]
+    print("| " + " | ".join(header for header, _ in columns) + " |")
+    print("|" + "---|" * len(columns), flush=True)
 
-def machine():
-  """One line naming the device and the host CPU (model, AVX-512 or not, CPU count)."""
-  device = jax.devices()[0]
-  return f"{device.platform}: {device.device_kind}; {cpu()}"
-
-
-def commit():
-  """The checked-out commit (short hash), with "+changes" when the tree differs from it."""
-  def git(*args):
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                          check=False).stdout.strip()
-  return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain") else "")
-
-
-def random_pair(height=481, width=637, seed=0):
-  """A random uint8 pair as ``Fuser.fuse`` takes it: ir (H, W, 1), vi (H, W, 3)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(seed)
-  return tuple(rng.integers(0, 256, (height, width, c), np.uint8) for c in (1, 3))
+  def row(self, *values):
+    """Prints one row; a value None (not measured) shows "-"."""
+    cells = ("-" if v is None else fmt.format(v) for fmt, v in zip(self.formats, values))
+    print("| " + " | ".join(cells) + " |", flush=True)

@@ -1,8 +1,9 @@
-# One lent GPU machine, one command: bench/device_check.py's parity (at both precisions) and fuse
+# One lent GPU machine, one command: bench.device_check's parity (at both precisions) and fuse
 # for the chunked backend, the GPU training stage of the bundled model (configs/bundled.py:6, as
-# many steps as the time allows; its log gives the train step's compile and speed),
-# bench/fuse_batch.py, then the other backends' parity and fuse; each bounded so the whole ends
-# within BUDGET seconds (default 555). Every measurement is printed as it is made.
+# many steps as the time allows; its log gives the train step's compile and speed), the bundled
+# model's fuse of 1 and 4 pairs per call (scan "auto"), then the other backends' parity and fuse;
+# each bounded so the whole ends within BUDGET seconds (default 555). Every measurement is
+# printed as it is made.
 #
 # Prepare here (Python 3.12 wheels of what the machine's image lacks, bench/device_wheels.txt;
 # the data and the fixture), from the repository's root:
@@ -17,7 +18,6 @@
 # log, samples, validation and best weights); last.tar.* (its last checkpoint, when not its best).
 START=$(date +%s); BUDGET=${BUDGET:-555}; OUT=${OUT:-device_out}; mkdir -p "$OUT"
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-reap() { pkill -f "bench/(device_check|fuse_batch).py"; sleep 1; }  # children of a timed-out run
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 rm -rf /tmp/site /tmp/stage6
@@ -34,8 +34,7 @@ python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__versi
 python3 -c "import jax; print(jax.devices())" || exit 4
 G=.devcarry/golden_s4fusion_61x73.npz
 echo "== device_check chunked, parity and fuse (left $(left) s)"
-timeout 150 python3 bench/device_check.py --golden $G --backends chunked --steps 0 $DC_ARGS
-reap
+timeout 150 python3 -m bench.device_check --golden $G --backends chunked --steps 0 $DC_ARGS
 # The stage's steps (a multiple of 50): at STEP_S seconds a step (0.67 s on the H200 of
 # 2026-12-04, images/s of its first 40 steps), what leaves 260 s for start-up, the dataset,
 # compiling (its train step took ~170 s there) and validating, and 60 s for the rest.
@@ -51,13 +50,11 @@ if [ -d /tmp/stage6 ]; then
     tar cf - -C /tmp/stage6/checkpoints $LAST | split -b 15m - "$OUT/last.tar."
 fi
 echo "== fuse batches (left $(left) s)"
-[ $(left) -gt 40 ] && timeout $(( $(left) / 2 )) \
-  python3 bench/fuse_batch.py ${FB_ARGS:---batches 1 4}
-reap
+[ $(left) -gt 40 ] && timeout $(( $(left) / 2 )) python3 -m bench.device_check --golden "" \
+  --backends auto --steps 0 ${FB_ARGS:---fuse_batches 1 4}
 for backend in associative sequential; do
   echo "== device_check $backend, parity and fuse (left $(left) s)"
   [ $(left) -gt 30 ] && timeout $(( ($(left) - 5) / 2 + 5 )) \
-    python3 bench/device_check.py --golden $G --backends $backend --steps 0 $DC_ARGS
-  reap
+    python3 -m bench.device_check --golden $G --backends $backend --steps 0 $DC_ARGS
 done
 echo "== done, left $(left) s"; date -u

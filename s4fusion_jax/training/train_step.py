@@ -1,7 +1,7 @@
 """The training step and what it carries, as pure functions: state, optimizer, step.
 
 Nothing here reads files or data (no orbax, grain or TFDS), so the step can be built and
-timed on a machine that has only JAX, flax and optax (``bench/device_check.py``).
+timed on a machine that has only JAX, flax and optax (``python -m bench.device_check``).
 """
 
 import jax
