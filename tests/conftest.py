@@ -68,8 +68,8 @@ def paper_golden():
 # anything is compiled here; the processes the tests start inherit the XLA_FLAGS. Most of the
 # tests' programs are small models run once or a few times, where LLVM's optimisation is most
 # of the compile. The numbers computed are the same up to float rounding. The tests whose
-# processes run long (the README's evaluation of the bundled model on TNO, training of the
-# smoke config, a tiny model on four TNO pairs) start them with ``optimize=True``.
+# processes run long (the docs' commands, among them the README's evaluation of the bundled model
+# on TNO) start them with ``optimize=True``.
 UNOPTIMIZED = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMIZED}".strip()
 

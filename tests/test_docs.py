@@ -22,8 +22,9 @@ NOT_RUN = {
         "the set-up commands themselves: .ci/run is this suite, demo.sh installs with pip and "
         "fuses TNO five ways (its job runs in test_evaluation.py on the bundled pairs)",
     ("README.md", "python train.py --config configs/smoke.py --workdir out/smoke"):
-        "training: minutes for the smoke config (train.py runs it in test_training.py with "
-        "fewer steps), days and ImageNet weights for the paper's; tensorboard serves forever",
+        "training: minutes for the smoke config (test_training.py trains the tests' smaller "
+        "config through train.py), days and ImageNet weights for the paper's; tensorboard "
+        "serves forever",
     ("docs/training.md", "python train.py --config configs/default.py --workdir runs/paper \\"):
         "the same training commands as the README's, and plot and tensorboard of that run",
     ("docs/training.md", "python train.py --config configs/smoke.py --workdir runs/pair \\"):
